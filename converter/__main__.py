@@ -1,0 +1,5 @@
+"""``python -m converter`` runs the ``rootfs`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""The Python API: ``convert(source, output, ...)`` and friends, over sources -> merge -> sinks.
+
+The CLI is a thin layer over these functions; test suites call them directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import UsageError
+from .ids import IdMap, IdMapper, IdRange
+from .image import Image, Layer, Platform
+from .layerstream import Limits
+from .merge import Events, MergeOptions, Plan, build_plan
+from .sinks.directory import DirectoryOptions, write_directory
+from .sinks.tar import TarOptions, write_tar
+from .sources import open_image
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion produced (also the basis of the CLI summary and ``--report``)."""
+
+    output: str
+    kind: str  # "dir" or "tar"
+    entries: int
+    bytes: int
+    layers_applied: list[int]
+    reference: Optional[str]
+    manifest_digest: Optional[str]
+    config_digest: Optional[str]
+    source_format: str
+    warnings: dict[str, int] = field(default_factory=dict)
+    events: Optional[Events] = None
+
+
+def make_id_mapper(
+    uid_map: Sequence[str] = (),
+    gid_map: Sequence[str] = (),
+    *,
+    unmapped_id: Optional[int] = None,
+    owner: Optional[str] = None,
+) -> IdMapper:
+    fixed = None
+    if owner is not None:
+        try:
+            u, g = owner.split(":")
+            fixed = (int(u), int(g))
+        except ValueError:
+            raise UsageError(f"--owner {owner!r}: expected UID:GID, e.g. 0:0") from None
+    return IdMapper(
+        uids=IdMap([IdRange.parse(r, what="--uid-map") for r in uid_map], unmapped_id, "uid"),
+        gids=IdMap([IdRange.parse(r, what="--gid-map") for r in gid_map], unmapped_id, "gid"),
+        owner=fixed,
+    )
+
+
+def plan_image(
+    image: Image,
+    *,
+    layers: Optional[list[Layer]] = None,
+    verify: bool = True,
+    limits: Optional[Limits] = None,
+    events: Optional[Events] = None,
+    spool_dir: Optional[str] = None,
+    progress: Optional[Callable[[str, dict], None]] = None,
+    keep_whiteouts: bool = False,
+) -> Plan:
+    """Merge ``layers`` (default: all) of an open image into a :class:`Plan`."""
+    options = MergeOptions(
+        verify=verify, limits=limits or Limits(), spool_dir=spool_dir, progress=progress,
+        keep_whiteouts=keep_whiteouts,
+    )
+    return build_plan(image, layers, options=options, events=events or Events())
+
+
+def convert(
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    flatten: bool = False,
+    ref: Optional[str] = None,
+    platform: Optional[str | Platform] = None,
+    force: bool = False,
+    verify: bool = True,
+    uid_map: Sequence[str] = (),
+    gid_map: Sequence[str] = (),
+    unmapped_id: Optional[int] = None,
+    owner: Optional[str] = None,
+    reproducible: bool = False,
+    source_date_epoch: Optional[int] = None,
+    max_entries: int = 10_000_000,
+    max_ratio: int = 1000,
+    max_size: Optional[int] = None,
+    privileged: Optional[bool] = None,
+    devices: str = "skip",
+    progress: Optional[Callable[[str, dict], None]] = None,
+    events: Optional[Events] = None,
+    registry_options: Any = None,
+) -> ConvertResult:
+    """Convert ``source`` (a path or skopeo-style spec) to a directory, or with
+    ``flatten=True`` to one tar (``-`` for stdout; ``.gz``/``.zst``/``.xz`` compress).
+
+    Raises :class:`~converter.errors.ConverterError` subclasses for bad input; the
+    destination is then left exactly as it was."""
+    out = os.fspath(output)
+    events = events or Events()
+    mapper = make_id_mapper(uid_map, gid_map, unmapped_id=unmapped_id, owner=owner)
+    limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
+    if source_date_epoch is None and reproducible:
+        env = os.environ.get("SOURCE_DATE_EPOCH")
+        source_date_epoch = int(env) if env and env.isdigit() else None
+    spool_dir = None
+    if out != "-":
+        spool_dir = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(spool_dir):
+            spool_dir = None
+    with open_image(source, ref=ref, platform=platform, registry_options=registry_options) as image:
+        plan = plan_image(image, verify=verify, limits=limits, events=events, spool_dir=spool_dir, progress=progress)
+        try:
+            if flatten:
+                res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch))
+                entries, nbytes, kind = res.entries, res.bytes, "tar"
+            else:
+                dres = write_directory(
+                    plan, out,
+                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices, max_size=max_size),
+                )
+                entries, nbytes, kind = dres.entries, dres.bytes, "dir"
+        finally:
+            plan.close()
+        return ConvertResult(
+            output=out, kind=kind, entries=entries, bytes=nbytes,
+            layers_applied=[layer.index for layer in image.layers],
+            reference=image.reference, manifest_digest=image.manifest_digest, config_digest=image.config_digest,
+            source_format=image.format, warnings=dict(events.counts), events=events,
+        )
+
+

@@ -1,0 +1,220 @@
+"""Command line: a thin typer layer over :mod:`converter.api`.
+
+Errors are one line on stderr (``rootfs: error: ...``) with the exit codes documented in
+README.md and :data:`converter.errors.EXIT_CODES`; ``--debug`` adds the traceback.
+Results go to stdout, progress and summaries to stderr; colour only on a terminal and
+never with ``NO_COLOR``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Callable, List, NoReturn, Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    name="rootfs",
+    help="Turn a container image (docker save, OCI layout or archive, registry) into a plain root filesystem.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, Any] = {"debug": False, "quiet": False, "verbose": 0}
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """Print one line for a known error (or a traceback with --debug) and exit."""
+    from .errors import ConverterError, Interrupted
+
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted("interrupted; the destination was left as it was")
+    if isinstance(exc, ConverterError):
+        print(f"rootfs: error: {exc.message}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
+    print(f"rootfs: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+    raise SystemExit(70)
+
+
+def run_guarded(fn: Callable[[], Any]) -> Any:
+    """Run a command body: SIGTERM behaves like Ctrl-C so cleanup code runs."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return fn()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - everything becomes one line + exit code
+        fail(exc)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .compression import GZIP_BACKEND
+
+        print(f"rootfs {__version__} (gzip: {GZIP_BACKEND}, python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """rootfs converter."""
+
+
+def _size(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().rstrip("b").rstrip("i")
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        from .errors import UsageError
+
+        raise UsageError(f"bad size {text!r}: use bytes or a suffix K, M, G, T") from None
+
+
+@app.command(
+    epilog=(
+        "[b]Examples[/b]\n\n"
+        "  rootfs convert httpd.tar -o rootfs/\n\n"
+        "  rootfs convert httpd.tar --flatten httpd-rootfs.tar.zst\n\n"
+        "  rootfs convert oci:layout:v1 --platform linux/arm64 -o arm-root\n\n"
+        "  docker save app | rootfs convert - --flatten - | tar -tv\n\n"
+        "  rootfs convert app.tar -o out --uid-map 0:100000:65536 --gid-map 0:100000:65536"
+    )
+)
+def convert(
+    source: str = typer.Argument(..., help="Image: PATH, -, docker-archive:PATH[:REF], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the root filesystem into this directory."),
+    flatten: Optional[str] = typer.Option(None, "--flatten", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive (tag or ref name)."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant] for multi-platform images (default: this host)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing non-empty output."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip digest and diff_id checks (not recommended)."),
+    uid_map: List[str] = typer.Option([], "--uid-map", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
+    gid_map: List[str] = typer.Option([], "--gid-map", help="CONTAINER:HOST:SIZE, repeatable."),
+    unmapped_id: Optional[int] = typer.Option(None, "--unmapped-id", help="Owner for ids outside every map range (default: error)."),
+    owner: Optional[str] = typer.Option(None, "--owner", help="Give every entry this UID:GID (e.g. 0:0)."),
+    reproducible: bool = typer.Option(False, "--reproducible", help="Byte-identical tar output; mtimes clamped to SOURCE_DATE_EPOCH when set."),
+    max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", help="Refuse images with more entries."),
+    max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
+    max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
+    devices: str = typer.Option("skip", "--devices", help="Device nodes when not root: skip or empty (empty regular files)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
+    debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
+) -> None:
+    """Convert an image to a directory (-o) or one flattened tar (--flatten)."""
+    _state.update(debug=debug, quiet=quiet, verbose=verbose)
+
+    def body() -> None:
+        from .api import convert as do_convert
+        from .errors import UsageError
+        from .merge import Events
+
+        if (output is None) == (flatten is None):
+            raise UsageError("give exactly one of -o DIR or --flatten FILE")
+        events = Events()
+        if verbose:
+            events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
+        progress = _Progress(enabled=not quiet)
+        try:
+            result = do_convert(
+                source, output if output is not None else flatten,  # type: ignore[arg-type]
+                flatten=flatten is not None, ref=ref, platform=platform, force=force, verify=not no_verify,
+                uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner,
+                reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
+                max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
+            )
+        finally:
+            progress.stop()
+        if not quiet:
+            _summary(result)
+
+    run_guarded(body)
+
+
+class _Progress:
+    """Per-layer progress on a terminal; silent when stderr is not one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        self._tasks: dict[int, Any] = {}
+
+    def event(self, kind: str, info: dict) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[entries]} entries"),
+                TimeElapsedColumn(), console=_stderr_console(), transient=True,
+            )
+            self._progress.start()
+        p = self._progress
+        layer = info.get("layer", 0)
+        if kind == "layer-start":
+            self._tasks[layer] = p.add_task(f"{info['label']} [{info['compression']}]", total=None, entries=0)
+        elif kind == "layer-entries" and layer in self._tasks:
+            p.update(self._tasks[layer], entries=info["entries"])
+        elif kind == "layer-done" and layer in self._tasks:
+            p.update(self._tasks[layer], entries=info["entries"], total=1, completed=1)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _summary(result: Any) -> None:
+    what = "directory" if result.kind == "dir" else "tar"
+    ref = f" {result.reference}" if result.reference else ""
+    lines = [
+        f"converted{ref} ({result.source_format}, {len(result.layers_applied)} layers) to {what} {result.output}",
+        f"  {result.entries} entries, {_human(result.bytes)}",
+    ]
+    if result.warnings:
+        lines.append("  warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warnings.items())))
+    print("\n".join(lines), file=sys.stderr)
+
+
+def main() -> None:
+    app()

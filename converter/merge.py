@@ -1,0 +1,520 @@
+"""The merge: the one place that knows whiteouts, opaque directories, hard links and which
+entry wins (DESIGN §3).  It never touches the file system.
+
+Shape: layers are applied bottom-up, headers only, to an in-memory model of the tree
+(:class:`Node` objects; hard-linked paths share one node, as they share one inode).  File
+contents are not copied: a regular file's node records where its bytes are (an offset in
+the uncompressed source file, or in a spool file for layers that had to be decompressed).
+When every layer is applied the model *is* the final view, so a sink writes each surviving
+byte once, creates each surviving inode once, and never writes data a later layer deletes.
+
+Because the model is a tree rather than a map of names, entry names are resolved like a
+file system would (rule 7, EDGE-CASES 30/44): a parent component that is a symlink in the
+view is followed *inside* the root, ``..`` in link targets stops at the root, and the hop
+count is bounded.  The final component is never followed: an entry replaces whatever is
+there.
+
+Per-layer state (umoci's idea): the set of (directory, name) pairs this layer wrote, and
+their ancestors.  Whiteouts and opaque markers only remove what is *not* in that set, which
+is exactly "lower layers only" (rules 1-3, EDGE-CASES 26-28).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from .errors import InputError, LimitError, UnsafeEntryError
+from .image import Image, Layer
+from .layerstream import HashPool, LayerReading, Limits
+from .paths import Parts, join, show, split_name
+from .tar.reader import TarEntry, TarReader
+
+WH = b".wh."
+WH_META = b".wh..wh."
+WH_OPAQUE = b".wh..wh..opq"
+WH_PLINK = b".wh..wh.plnk"
+MAX_HOPS = 255
+IMPLIED_MODE = 0o755
+
+# node kinds: the listing's one-letter types
+DIR, REG, LNK, CHR, BLK, FIFO = "d", "f", "l", "c", "b", "p"
+_TYPES = {b"0": REG, b"5": DIR, b"2": LNK, b"3": CHR, b"4": BLK, b"6": FIFO}
+#: typeflags that carry nothing for a root filesystem; skipped without a warning
+_SILENT_SKIP = {b"V"}
+
+
+class Node:
+    """An inode of the final tree.  Directories hold ``children``; other kinds may be
+    reachable from several names (hard links) and are then one shared object."""
+
+    __slots__ = (
+        "kind", "mode", "uid", "gid", "mtime_ns", "xattrs", "size", "fd", "offset",
+        "sparse", "linkname", "major", "minor", "children", "implied",
+    )
+
+    def __init__(self, kind: str, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_ns = mtime_ns
+        self.xattrs: dict[str, bytes] = _NO_XATTRS
+        self.size = 0  # logical size of a regular file
+        self.fd = -1  # where the stored bytes are: fd + offset (see ContentSource)
+        self.offset = 0
+        self.sparse: Optional[tuple[tuple[int, int], ...]] = None
+        self.linkname = b""
+        self.major = 0
+        self.minor = 0
+        self.children: Optional[dict[bytes, Node]] = {} if kind == DIR else None
+        self.implied = False  # a directory no entry described (created for a child)
+
+    @property
+    def stored_size(self) -> int:
+        if self.sparse is None:
+            return self.size
+        return sum(length for _, length in self.sparse)
+
+
+_NO_XATTRS: dict[str, bytes] = {}
+
+
+@dataclass
+class Warning_:
+    kind: str
+    message: str
+    path: Optional[str] = None
+    layer: Optional[int] = None
+
+
+@dataclass
+class Events:
+    """What the merge decided that a user may want to know (issue 9's report and -v)."""
+
+    warnings: list[Warning_] = field(default_factory=list)
+    verbose: Optional[Callable[[str, str], None]] = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def warn(self, kind: str, message: str, *, path: Optional[str] = None, layer: Optional[int] = None) -> None:
+        self.warnings.append(Warning_(kind, message, path, layer))
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def decide(self, what: str, detail: str) -> None:
+        if self.verbose is not None:
+            self.verbose(what, detail)
+
+
+@dataclass
+class LayerStats:
+    index: int
+    label: str
+    compression: str
+    entries: int = 0
+    bytes_in: int = 0
+    uncompressed: int = 0
+
+
+@dataclass
+class Plan:
+    """The merged view, ready for a sink.  Holds the spool and source fds open."""
+
+    root: Node
+    image: Image
+    layers: list[LayerStats]
+    events: Events
+    readings: list[LayerReading] = field(default_factory=list, repr=False)
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def walk(self) -> Iterator[tuple[Parts, Node]]:
+        """Every entry below the root, parents before children, each directory's children
+        in byte order of their names (no recursion: trees may be thousands deep)."""
+        stack: list[tuple[Parts, Node]] = [((), self.root)]
+        while stack:
+            parts, node = stack.pop()
+            if node.children:
+                for name in sorted(node.children, reverse=True):
+                    child = node.children[name]
+                    stack.append((parts + (name,), child))
+            if parts:
+                yield parts, node
+
+    def sorted_entries(self) -> list[tuple[bytes, Node]]:
+        """Every entry with its full path, sorted by raw path bytes (the listing order and
+        the flattened tar's order: parents come before children, and the first path of a
+        hard-link group is its smallest, which makes link heads deterministic)."""
+        out = [(join(parts), node) for parts, node in self.walk()]
+        out.sort(key=lambda item: item[0])
+        return out
+
+    def verify(self) -> None:
+        """Wait for the background verification of in-place layers; raise on a mismatch.
+        Sinks call this before they commit anything."""
+        for reading in self.readings:
+            reading.wait_verified()
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except OSError:
+                pass
+
+
+class _Spool:
+    """Decompressed file contents of streamed layers, appended to one anonymous temp file
+    (gone when closed, even after SIGKILL), addressed by offset like an in-place blob."""
+
+    def __init__(self, directory: Optional[str]) -> None:
+        f = tempfile.TemporaryFile(prefix="rootfs-content-", dir=directory)
+        self.fd = os.dup(f.fileno())
+        f.close()
+        self.pos = 0
+
+    def append(self, chunks: Iterator[memoryview]) -> int:
+        start = self.pos
+        fd = self.fd
+        for chunk in chunks:
+            view = chunk
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                self.pos += n
+        return start
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+@dataclass
+class MergeOptions:
+    verify: bool = True
+    limits: Limits = field(default_factory=Limits)
+    #: keep whiteout markers as ordinary entries (a raw diff: ``--only-layer``)
+    keep_whiteouts: bool = False
+    #: where decompressed contents are spooled (default: the system temp dir)
+    spool_dir: Optional[str] = None
+    progress: Optional[Callable[[str, dict], None]] = None
+
+
+class Merger:
+    """Applies layers bottom-up to the model.  Use :func:`build_plan`."""
+
+    def __init__(self, image: Image, options: MergeOptions, events: Events) -> None:
+        self.image = image
+        self.options = options
+        self.events = events
+        self.root = Node(DIR, IMPLIED_MODE, 0, 0, 0)
+        self.root.implied = True
+        self.entries_seen = 0
+        self._spool: Optional[_Spool] = None
+        self._touched: set[tuple[int, bytes]] = set()
+        self._keepalive: list[Node] = []
+        self._plink: dict[bytes, Node] = {}
+        self._layer_label = ""
+        self._layer_index = 0
+
+    # ----- per-layer driver -------------------------------------------------------------
+    def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
+        self._touched = set()
+        self._keepalive = []
+        self._plink = {}
+        self._layer_label = layer.label
+        self._layer_index = layer.index
+        deferred: list[tuple[TarEntry, Parts]] = []
+        reader = TarReader(reading.source, name=layer.label)
+        limits = self.options.limits
+        in_place = reading.region
+        progress = self.options.progress
+        for entry in reader:
+            self.entries_seen += 1
+            stats.entries += 1
+            if self.entries_seen > limits.max_entries:
+                raise LimitError(f"{layer.label}: more than {limits.max_entries} entries in the image (see --max-entries)")
+            if entry.size:
+                reading.check_declared(entry.data_offset + entry.size, limits)
+            node = self._apply(entry, deferred)
+            if node is not None and entry.size:
+                if in_place is not None:
+                    node.fd = in_place.fd
+                    node.offset = in_place.offset + entry.data_offset
+                else:
+                    spool = self._spool or self._new_spool()
+                    node.fd = spool.fd
+                    node.offset = spool.append(reader.iter_data())
+            if progress is not None and stats.entries % 4096 == 0:
+                progress("layer-entries", {"layer": layer.index, "entries": stats.entries, "offset": reader.offset})
+        reader.finish()
+        stats.uncompressed = reader.offset
+        reading.finish()
+        for entry, parts in deferred:
+            self._hardlink(entry, parts, final=True)
+        self._touched = set()
+        self._keepalive = []
+        self._plink = {}
+
+    def _new_spool(self) -> _Spool:
+        self._spool = _Spool(self.options.spool_dir)
+        return self._spool
+
+    # ----- one entry --------------------------------------------------------------------
+    def _what(self, entry: TarEntry) -> str:
+        return f"{self._layer_label}: entry {show(entry.name)}"
+
+    def _apply(self, entry: TarEntry, deferred: list) -> Optional[Node]:
+        """Apply one header; returns the new regular-file node whose data must be located."""
+        parts = split_name(entry.name, what=self._what(entry))
+        if not parts:
+            return self._root_entry(entry)
+        base = parts[-1]
+        if base.startswith(WH) and not self.options.keep_whiteouts:
+            self._whiteout(entry, parts)
+            return None
+        if any(p.startswith(WH_META) for p in parts[:-1]):
+            if parts[0] == WH_PLINK and len(parts) == 2 and entry.type == b"0":
+                node = self._new_node(entry, REG)
+                self._plink[parts[1]] = node
+                return node
+            self.events.decide("skip", f"{join(parts)!r}: AUFS metadata")
+            return None
+        etype = entry.type
+        if etype == b"1":
+            if not self._hardlink(entry, parts, final=False):
+                deferred.append((entry, parts))
+            return None
+        kind = _TYPES.get(etype)
+        if kind is None:
+            if etype not in _SILENT_SKIP:
+                self.events.warn(
+                    "unknown-type",
+                    f"{self._what(entry)}: unsupported entry type {etype!r}, skipped",
+                    path=join(parts).decode("utf-8", "backslashreplace"),
+                    layer=self._layer_index,
+                )
+            return None
+        parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
+        assert parent is not None and parent.children is not None
+        self._touch(parent, base)
+        existing = parent.children.get(base)
+        if kind == DIR:
+            if existing is not None and existing.kind == DIR:
+                self._set_meta(existing, entry)
+                existing.implied = False
+                return None
+            parent.children[base] = self._new_node(entry, DIR)
+            return None
+        node = self._new_node(entry, kind)
+        parent.children[base] = node
+        return node if kind == REG else None
+
+    def _root_entry(self, entry: TarEntry) -> None:
+        if entry.type != b"5":
+            raise UnsafeEntryError(f"{self._what(entry)}: the root entry must be a directory (type {entry.type!r})")
+        self._set_meta(self.root, entry)
+        self.root.implied = False
+        return None
+
+    def _new_node(self, entry: TarEntry, kind: str) -> Node:
+        node = Node(kind, entry.mode, entry.uid, entry.gid, entry.mtime_ns)
+        if entry.xattrs:
+            node.xattrs = dict(entry.xattrs)
+        if kind == REG:
+            node.size = entry.real_size
+            node.sparse = entry.sparse
+        elif kind == LNK:
+            node.linkname = entry.linkname
+        elif kind in (CHR, BLK):
+            node.major = entry.devmajor
+            node.minor = entry.devminor
+        return node
+
+    @staticmethod
+    def _set_meta(node: Node, entry: TarEntry) -> None:
+        """Directory over directory: the upper entry's metadata, the whole xattr set."""
+        node.mode = entry.mode
+        node.uid = entry.uid
+        node.gid = entry.gid
+        node.mtime_ns = entry.mtime_ns
+        node.xattrs = dict(entry.xattrs) if entry.xattrs else _NO_XATTRS
+
+    def _touch(self, parent: Node, name: bytes) -> None:
+        self._touched.add((id(parent), name))
+        self._keepalive.append(parent)
+
+    # ----- resolution -------------------------------------------------------------------
+    def _resolve_dir(self, parts: Parts, entry: TarEntry, *, create: bool, touch: bool) -> Optional[Node]:
+        """The directory node that ``parts`` names in the current view.
+
+        Symlinks on the way are followed inside the root (absolute targets restart at the
+        root, ``..`` stops there), at most MAX_HOPS of them.  With ``create``, missing
+        directories are implied (EDGE-CASES 43) and a non-directory in the way is replaced
+        by one (EDGE-CASES 45, as umoci does) with a warning; without it, None is returned
+        for a path that does not lead to a directory."""
+        stack = [self.root]
+        todo = list(reversed(parts))
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name == b"..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            if name == b"." or not name:
+                continue
+            cur = stack[-1]
+            children = cur.children
+            assert children is not None
+            child = children.get(name)
+            if child is None:
+                if not create:
+                    return None
+                child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
+                child.implied = True
+                children[name] = child
+            elif child.kind == LNK:
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise UnsafeEntryError(f"{self._what(entry)}: too many levels of symbolic links (ELOOP)")
+                if touch:
+                    self._touch(cur, name)
+                target = child.linkname
+                if target.startswith(b"/"):
+                    del stack[1:]
+                todo.extend(reversed(target.split(b"/")))
+                continue
+            elif child.kind != DIR:
+                if not create:
+                    return None
+                self.events.warn(
+                    "parent-replaced",
+                    f"{self._what(entry)}: parent {show(name)} was a {_KIND_NAMES[child.kind]}; replaced by a directory",
+                    layer=self._layer_index,
+                )
+                child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
+                child.implied = True
+                children[name] = child
+            if touch:
+                self._touch(cur, name)
+            stack.append(child)
+        return stack[-1]
+
+    # ----- whiteouts (the only place that knows them) -----------------------------------
+    def _whiteout(self, entry: TarEntry, parts: Parts) -> None:
+        base = parts[-1]
+        if base == WH_OPAQUE:
+            directory = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
+            assert directory is not None
+            self._hide_lower(directory)
+            self.events.decide("opaque", f"{show(parts[:-1])}: lower contents hidden")
+            return
+        if base.startswith(WH_META):
+            self.events.decide("skip", f"{show(parts)}: AUFS metadata")
+            return
+        target = base[len(WH):]
+        if target in (b"", b".", b".."):
+            raise UnsafeEntryError(f"{self._what(entry)}: invalid whiteout name {show(base)}")
+        parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False)
+        if parent is None or parent.children is None:
+            return  # EDGE-CASES 29: whiting out nothing is fine
+        victim = parent.children.get(target)
+        if victim is None:
+            return
+        if (id(parent), target) in self._touched:
+            # written (or a parent of something written) by this same layer: it stays
+            # (EDGE-CASES 27); only what lower layers put under it goes
+            if victim.kind == DIR:
+                self._hide_lower(victim)
+            return
+        del parent.children[target]
+        self.events.decide("whiteout", f"{show(parts[:-1] + (target,))}: removed")
+
+    def _hide_lower(self, directory: Node) -> None:
+        """Remove every descendant of ``directory`` that this layer did not write."""
+        stack = [directory]
+        touched = self._touched
+        while stack:
+            d = stack.pop()
+            assert d.children is not None
+            for name in list(d.children):
+                child = d.children[name]
+                if (id(d), name) not in touched:
+                    del d.children[name]
+                elif child.kind == DIR:
+                    stack.append(child)
+
+    # ----- hard links -------------------------------------------------------------------
+    def _hardlink(self, entry: TarEntry, parts: Parts, *, final: bool) -> bool:
+        """Link ``parts`` to the node its linkname names in the current view (rule 6).
+        Returns False to be retried at the end of the layer (EDGE-CASES 48)."""
+        what = self._what(entry)
+        target_parts = split_name(entry.linkname, what=f"{what} link target")
+        target: Optional[Node]
+        if target_parts and target_parts[0] == WH_PLINK and len(target_parts) == 2:
+            target = self._plink.get(target_parts[1])
+        elif not target_parts:
+            raise UnsafeEntryError(f"{what}: hard link to the root directory")
+        else:
+            tparent = self._resolve_dir(target_parts[:-1], entry, create=False, touch=False)
+            target = tparent.children.get(target_parts[-1]) if tparent and tparent.children is not None else None
+        if target is None:
+            if not final:
+                return False
+            raise UnsafeEntryError(f"{what}: hard link to {show(entry.linkname)}, which does not exist")
+        if target.kind == DIR:
+            raise UnsafeEntryError(f"{what}: hard link to {show(entry.linkname)}, which is a directory")
+        parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
+        assert parent is not None and parent.children is not None
+        self._touch(parent, parts[-1])
+        parent.children[parts[-1]] = target
+        return True
+
+
+_KIND_NAMES = {DIR: "directory", REG: "file", LNK: "symlink", CHR: "char device", BLK: "block device", FIFO: "fifo"}
+
+
+def build_plan(
+    image: Image,
+    layers: Optional[list[Layer]] = None,
+    *,
+    options: Optional[MergeOptions] = None,
+    events: Optional[Events] = None,
+) -> Plan:
+    """Apply ``layers`` (default: all of the image's, bottom first) and return the merged
+    view.  Raises a :class:`ConverterError` for bad input; verification of in-place layers
+    finishes in the background and is awaited by :meth:`Plan.verify`."""
+    options = options or MergeOptions()
+    events = events or Events()
+    merger = Merger(image, options, events)
+    pool = HashPool()
+    readings: list[LayerReading] = []
+    stats: list[LayerStats] = []
+    plan = Plan(merger.root, image, stats, events)
+    plan._closers.append(pool.close)
+    try:
+        for layer in layers if layers is not None else image.layers:
+            reading = LayerReading(layer, verify=options.verify, hash_pool=pool, limits=options.limits)
+            readings.append(reading)
+            st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0)
+            stats.append(st)
+            if options.progress:
+                options.progress("layer-start", {"layer": layer.index, "label": layer.label, "compression": reading.compression})
+            try:
+                merger.apply_layer(layer, reading, st)
+            finally:
+                reading.close()
+            if options.progress:
+                options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
+    except BaseException:
+        if merger._spool:
+            merger._spool.close()
+        plan.close()
+        raise
+    if merger._spool:
+        plan._closers.append(merger._spool.close)
+    plan.readings = readings
+    return plan

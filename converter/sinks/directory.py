@@ -1,0 +1,320 @@
+"""Directory sink: the only code that creates files (DESIGN §4).
+
+It writes the merged view into a fresh private directory, so no name it creates exists
+before it creates it (``O_EXCL``, ``mkdirat``, ``symlinkat``, ``mknodat``): an existing file
+is never opened for writing and nothing is ever followed.  Every operation is relative to a
+directory fd obtained by :class:`DirFds`, which opens one component at a time with
+``O_NOFOLLOW | O_DIRECTORY``; since the merge already resolved every symlink in the image
+*inside the model*, a final path never crosses a symlink, and a component that turns out
+not to be a real directory (someone racing us) is an error, never an escape.
+
+Metadata order per inode: create, write data, ``chown``, ``chmod``, xattrs
+(``security.capability`` last), times.  Directories get theirs after all their children,
+deepest first, so an image's read-only directory cannot stop extraction.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import LimitError, OutputError
+from ..ids import IdMapper
+from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
+from ..paths import Parts, join, show
+from .atomic import check_destination, commit, ensure_parent, partial_name, remove_path, remove_stale_partials
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CAP = "security.capability"
+
+
+class DirFds:
+    """Directory fds by path, opened one component at a time and kept in a small LRU, so
+    deep trees need neither recursion nor thousands of open fds."""
+
+    def __init__(self, root_fd: int, capacity: int = 256) -> None:
+        self.root_fd = root_fd
+        self.capacity = capacity
+        self._fds: "OrderedDict[Parts, int]" = OrderedDict()
+
+    def get(self, parts: Parts) -> int:
+        if not parts:
+            return self.root_fd
+        fds = self._fds
+        fd = fds.get(parts)
+        if fd is not None:
+            fds.move_to_end(parts)
+            return fd
+        i = len(parts) - 1
+        while i > 0 and parts[:i] not in fds:
+            i -= 1
+        base = self.root_fd if i == 0 else fds[parts[:i]]
+        for j in range(i, len(parts)):
+            try:
+                fd = os.open(parts[j], _DIR_FLAGS, dir_fd=base)
+            except OSError as exc:
+                raise OutputError(
+                    f"output {show(parts[: j + 1])}: cannot open as a directory ({exc.strerror}); "
+                    "was the output changed while it was written?"
+                ) from None
+            fds[parts[: j + 1]] = fd
+            base = fd
+        while len(fds) > self.capacity:
+            _, old = fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class DirectoryOptions:
+    force: bool = False
+    ids: IdMapper = field(default_factory=IdMapper)
+    #: None: decide from the effective uid.  False: rootless behaviour (issue 5).
+    privileged: Optional[bool] = None
+    #: what to do with device nodes when they cannot be created: "skip" or "empty"
+    devices: str = "skip"
+    #: xattr namespaces dropped on purpose (host-specific labels)
+    drop_xattrs: tuple[str, ...] = ("security.selinux",)
+    max_size: Optional[int] = None
+
+
+@dataclass
+class DirResult:
+    path: str
+    entries: int = 0
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    bytes: int = 0
+
+
+class DirectoryWriter:
+    def __init__(self, plan: Plan, root_fd: int, options: DirectoryOptions, events: Events) -> None:
+        self.plan = plan
+        self.root_fd = root_fd
+        self.options = options
+        self.events = events
+        self.fds = DirFds(root_fd)
+        self.privileged = options.privileged if options.privileged is not None else os.geteuid() == 0
+        self.result = DirResult(path="")
+        self._xattr_warned: set[str] = set()
+
+    # ----- driver -----------------------------------------------------------------------
+    def write(self) -> None:
+        dirs: list[tuple[Parts, Node]] = []
+        heads: dict[int, Parts] = {}
+        ids = self.options.ids
+        for parts, node in self.plan.walk():
+            parent_fd = self.fds.get(parts[:-1])
+            name = parts[-1]
+            self.result.entries += 1
+            kind = node.kind
+            if kind == DIR:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                dirs.append((parts, node))
+                self.result.dirs += 1
+                continue
+            head = heads.get(id(node))
+            if head is not None:
+                os.link(head[-1], name, src_dir_fd=self.fds.get(head[:-1]), dst_dir_fd=parent_fd, follow_symlinks=False)
+                self.result.links += 1
+                continue
+            uid, gid = ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+            if kind == REG:
+                self._file(parent_fd, name, parts, node, uid, gid)
+            elif kind == LNK:
+                self._symlink(parent_fd, name, parts, node, uid, gid)
+            else:
+                if not self._special(parent_fd, name, parts, node, uid, gid):
+                    continue
+            heads[id(node)] = parts
+        for parts, node in reversed(dirs):
+            fd = self.fds.get(parts)
+            self._dir_meta(fd, parts, node)
+        self._dir_meta(self.root_fd, (), self.plan.root)
+
+    # ----- kinds ------------------------------------------------------------------------
+    def _file(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+        try:
+            if node.size:
+                self._copy(fd, node, parts)
+            if self.privileged:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, node.mode)
+            if node.xattrs:
+                self._xattrs(fd, None, parts, node.xattrs)
+            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        finally:
+            os.close(fd)
+        self.result.files += 1
+
+    def _copy(self, out_fd: int, node: Node, parts: Parts) -> None:
+        stored = node.stored_size
+        self.result.bytes += stored
+        if self.options.max_size is not None and self.result.bytes > self.options.max_size:
+            raise LimitError(f"output {show(parts)}: more than --max-size {self.options.max_size} bytes")
+        if node.sparse is None:
+            _sendfile_all(out_fd, node.fd, node.offset, node.size, parts)
+            return
+        src = node.offset
+        for file_off, length in node.sparse:
+            if length:
+                os.lseek(out_fd, file_off, os.SEEK_SET)
+                _sendfile_all(out_fd, node.fd, src, length, parts)
+                src += length
+        os.ftruncate(out_fd, node.size)
+
+    def _symlink(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
+        os.symlink(node.linkname, name, dir_fd=parent_fd)
+        if self.privileged:
+            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+        if node.xattrs:
+            self._xattrs(None, (parent_fd, name), parts, node.xattrs)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+
+    def _special(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> bool:
+        kind = node.kind
+        try:
+            if kind == FIFO:
+                os.mkfifo(name, 0o600, dir_fd=parent_fd)
+            else:
+                if not self.privileged:
+                    raise PermissionError(errno.EPERM, "not privileged")
+                fmt = stat.S_IFCHR if kind == CHR else stat.S_IFBLK
+                os.mknod(name, fmt | 0o600, os.makedev(node.major, node.minor), dir_fd=parent_fd)
+        except (PermissionError, OverflowError, ValueError) as exc:
+            if kind == FIFO or isinstance(exc, (OverflowError, ValueError)):
+                raise OutputError(f"output {show(parts)}: cannot create {kind!r} node: {exc}") from None
+            if self.options.devices == "empty":
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+                try:
+                    os.fchmod(fd, node.mode)
+                    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                finally:
+                    os.close(fd)
+                self.events.warn("device-emptied", f"{show(parts)}: device node written as an empty file", path=_p(parts))
+                return True
+            self.events.warn("device-skipped", f"{show(parts)}: device node skipped (needs root/CAP_MKNOD)", path=_p(parts))
+            return False
+        if self.privileged:
+            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+        os.chmod(name, node.mode, dir_fd=parent_fd)  # a node we just made: not a symlink
+        if node.xattrs:
+            self._xattrs(None, (parent_fd, name), parts, node.xattrs)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+        return True
+
+    def _dir_meta(self, fd: int, parts: Parts, node: Node) -> None:
+        if self.privileged:
+            uid, gid = self.options.ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, node.mode)
+        if node.xattrs:
+            self._xattrs(fd, None, parts, node.xattrs)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    # ----- xattrs -----------------------------------------------------------------------
+    def _xattrs(self, fd: Optional[int], at: Optional[tuple[int, bytes]], parts: Parts, xattrs: dict[str, bytes]) -> None:
+        names = sorted(xattrs, key=lambda n: (n == _CAP, n))  # capability last
+        for key in names:
+            if key.startswith(self.options.drop_xattrs):
+                self.events.warn("xattr-dropped", f"{show(parts)}: xattr {key} dropped (host-specific)", path=_p(parts))
+                continue
+            if not self.privileged and key.startswith(("trusted.", "security.")):
+                self.events.warn("xattr-dropped", f"{show(parts)}: xattr {key} needs privileges; dropped", path=_p(parts))
+                continue
+            try:
+                if fd is not None:
+                    os.setxattr(fd, key, xattrs[key])
+                else:
+                    assert at is not None
+                    path = b"/proc/self/fd/%d/%s" % (at[0], at[1])
+                    os.setxattr(path, key, xattrs[key], follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EOPNOTSUPP):
+                    ns = key.split(".", 1)[0]
+                    if ns not in self._xattr_warned:
+                        self._xattr_warned.add(ns)
+                    self.events.warn(
+                        "xattr-unsupported", f"{show(parts)}: xattr {key} not kept: {exc.strerror}", path=_p(parts)
+                    )
+                    continue
+                raise OutputError(f"output {show(parts)}: cannot set xattr {key}: {exc.strerror}") from None
+
+
+def _p(parts: Parts) -> str:
+    return join(parts).decode("utf-8", "backslashreplace")
+
+
+def _sendfile_all(out_fd: int, in_fd: int, offset: int, count: int, parts: Parts) -> None:
+    while count > 0:
+        try:
+            n = os.sendfile(out_fd, in_fd, offset, min(count, 1 << 30))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OutputError(f"output {show(parts)}: no space left on the device") from None
+            raise
+        if n == 0:
+            raise OutputError(f"output {show(parts)}: source ended early (truncated layer?)")
+        offset += n
+        count -= n
+
+
+def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] = None) -> DirResult:
+    """Write ``plan`` to ``dest`` atomically; verify the image before the result appears."""
+    options = options or DirectoryOptions()
+    dest = os.path.abspath(dest)
+    ensure_parent(dest)
+    check_destination(dest, force=options.force, kind="dir")
+    remove_stale_partials(dest)
+    _check_space(plan, dest, options)
+    partial = partial_name(dest)
+    try:
+        os.mkdir(partial, 0o700)
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    try:
+        root_fd = os.open(partial, _DIR_FLAGS)
+        writer = DirectoryWriter(plan, root_fd, options, plan.events)
+        try:
+            writer.write()
+        finally:
+            writer.fds.close()
+            os.close(root_fd)
+        plan.verify()
+        commit(partial, dest)
+    except BaseException:
+        remove_path(partial)
+        raise
+    writer.result.path = dest
+    return writer.result
+
+
+def _check_space(plan: Plan, dest: str, options: DirectoryOptions) -> None:
+    """Fail before writing when the result cannot fit (the --max-size default)."""
+    seen: set[int] = set()
+    need = 0
+    for _, node in plan.walk():
+        if node.kind == REG and id(node) not in seen:
+            seen.add(id(node))
+            need += node.stored_size
+    if options.max_size is not None and need > options.max_size:
+        raise LimitError(f"{dest}: the image needs {need} bytes, more than --max-size {options.max_size}")
+    try:
+        st = os.statvfs(os.path.dirname(dest))
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise OutputError(f"{dest}: the image needs {need} bytes but only {free} are free there")

@@ -1,0 +1,126 @@
+"""Sources: recognise a layout and resolve it to an :class:`~converter.image.Image`.
+
+Accepted specs (skopeo's transports, plus a bare path that is auto-detected)::
+
+    docker-archive:PATH[:REF]   oci:DIR[:REF]   oci-archive:PATH[:REF]   docker://REF
+    PATH                        -  (standard input: a docker save or OCI archive)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..errors import InputError, NotFoundError, UsageError
+from ..image import Image, Platform
+from .archive import TarArchive, open_archive_file
+from .blobstore import ArchiveStore, DirectoryStore
+from .docker_archive import image_from_docker_archive
+from .oci import image_from_layout
+
+TRANSPORTS = ("docker-archive", "oci", "oci-archive", "docker")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    transport: Optional[str]  # None: auto-detect a path
+    path: str  # a path, "-", or for docker:// the reference
+    ref: Optional[str]
+
+    def __str__(self) -> str:
+        if self.transport == "docker":
+            return f"docker://{self.path}"
+        base = f"{self.transport}:{self.path}" if self.transport else self.path
+        return f"{base}:{self.ref}" if self.ref and self.transport else base
+
+
+def parse_spec(text: str, *, ref: Optional[str] = None) -> SourceSpec:
+    """Split a transport-prefixed spec.  As in skopeo, the first ``:`` after the path ends
+    it, unless the whole remainder names an existing file or directory."""
+    if text.startswith("docker://"):
+        return SourceSpec("docker", text[len("docker://"):], None)
+    for transport in ("docker-archive", "oci-archive", "oci"):
+        prefix = transport + ":"
+        if text.startswith(prefix):
+            rest = text[len(prefix):]
+            if not rest:
+                raise UsageError(f"{text!r}: missing path after {prefix}")
+            if os.path.exists(rest) or ":" not in rest:
+                return SourceSpec(transport, rest, ref)
+            path, _, embedded = rest.partition(":")
+            return SourceSpec(transport, path, ref or embedded or None)
+    if text == "-" or os.path.exists(text):
+        return SourceSpec(None, text, ref)
+    if ":" in text:  # PATH:REF for a bare path that exists
+        path, _, embedded = text.partition(":")
+        if path and os.path.exists(path):
+            return SourceSpec(None, path, ref or embedded or None)
+    raise NotFoundError(
+        f"{text}: no such file or directory (to pull from a registry, write docker://{text})"
+    )
+
+
+def open_image(
+    spec: str | SourceSpec,
+    *,
+    ref: Optional[str] = None,
+    platform: Optional[Platform | str] = None,
+    registry_options: Any = None,
+) -> Image:
+    """Open an image for reading.  The caller must :meth:`Image.close` it (or use ``with``)."""
+    s = spec if isinstance(spec, SourceSpec) else parse_spec(spec, ref=ref)
+    if ref and not s.ref:
+        s = SourceSpec(s.transport, s.path, ref)
+    want = Platform.parse(platform) if isinstance(platform, str) else platform
+    if s.transport == "docker":
+        from ..registry.source import RegistryOptions, open_registry_image
+
+        return open_registry_image(s.path, platform=want, options=registry_options or RegistryOptions())
+    if s.transport == "oci" or (s.transport is None and os.path.isdir(s.path)):
+        return _open_layout_dir(s, want)
+    if s.path != "-" and os.path.isdir(s.path):
+        raise InputError(f"{s.path}: is a directory; {s.transport}: expects an archive file")
+    return _open_archive(s, want)
+
+
+def _open_layout_dir(s: SourceSpec, want: Optional[Platform]) -> Image:
+    if not os.path.isdir(s.path):
+        raise NotFoundError(f"{s.path}: no such directory")
+    closers: list = []
+    try:
+        store = DirectoryStore(s.path, closers)
+        image = image_from_layout(store, ref=s.ref, platform=want, source=str(s), fmt="oci")
+    except BaseException:
+        for c in closers:
+            c()
+        raise
+    image._closers.extend(closers)
+    return image
+
+
+def _open_archive(s: SourceSpec, want: Optional[Platform]) -> Image:
+    label = "<stdin>" if s.path == "-" else s.path
+    archive, closers = open_archive_file(s.path, label=label)
+    try:
+        image = _image_from_archive(archive, s, want)
+    except BaseException:
+        for c in closers:
+            c()
+        raise
+    image._closers.extend(closers)
+    return image
+
+
+def _image_from_archive(archive: TarArchive, s: SourceSpec, want: Optional[Platform]) -> Image:
+    has_manifest = archive.has("manifest.json")
+    has_layout = archive.has("oci-layout") and archive.has("index.json")
+    if s.transport == "oci-archive" or (s.transport is None and has_layout and not has_manifest):
+        if not has_layout:
+            raise InputError(f"{archive.label}: not an OCI archive (no oci-layout/index.json)")
+        return image_from_layout(ArchiveStore(archive), ref=s.ref, platform=want, source=str(s), fmt="oci-archive")
+    if has_manifest:
+        return image_from_docker_archive(archive, ref=s.ref, platform=want, source=str(s))
+    raise InputError(
+        f"{archive.label}: not a docker save or OCI archive (no manifest.json, no oci-layout + index.json)"
+    )

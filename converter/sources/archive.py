@@ -1,0 +1,267 @@
+"""Random access to the members of a tar-packed source, read in place.
+
+A docker save or OCI archive is indexed once (headers only, seeking over data) and members
+are then read with ``pread`` at their offsets: nothing is unpacked to a temporary directory.
+A compressed outer archive or a pipe is first spooled, decompressed, to one anonymous
+temporary file (``O_TMPFILE``: it vanishes even if the process is killed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Optional
+
+from .. import compression
+from ..errors import InputError, IntegrityError, NotFoundError
+from ..image import Blob, FileRegion, close_fd
+from ..paths import join, show, split_name
+from ..tar.reader import FileSource, TarReader
+
+MAX_JSON = 64 << 20  # manifest/config/index members larger than this are refused
+MAX_LINK_HOPS = 40
+
+
+@dataclass(frozen=True)
+class Member:
+    name: bytes  # normalised
+    type: bytes
+    offset: int
+    size: int
+    linkname: bytes
+
+
+class RegionReader(io.RawIOBase):
+    """A read-only stream over one region of an fd, with ``pread`` (no shared offset)."""
+
+    def __init__(self, region: FileRegion) -> None:
+        self._r = region
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self._r.size - self._pos
+        if left <= 0:
+            return 0
+        view = memoryview(b)
+        n = min(len(view), left)
+        got = os.preadv(self._r.fd, [view[:n]], self._r.offset + self._pos)
+        if got == 0:
+            raise IntegrityError("source file is shorter than its index says (truncated?)")
+        self._pos += got
+        return got
+
+
+def open_region(region: FileRegion) -> BinaryIO:
+    return io.BufferedReader(RegionReader(region), buffer_size=1 << 20)
+
+
+class TarArchive:
+    """An indexed tar archive held open by fd for the lifetime of an Image."""
+
+    def __init__(self, fd: int, size: int, *, label: str) -> None:
+        self.fd = fd
+        self.label = label
+        self.members: dict[bytes, Member] = {}
+        reader = TarReader(FileSource(fd, 0, size), name=label)
+        for entry in reader:
+            try:
+                parts = split_name(entry.name, what=label)
+            except InputError:
+                continue  # a member we will never look up; refusing the archive helps nobody
+            name = join(parts)
+            self.members[name] = Member(name, entry.type, entry.data_offset, entry.size, entry.linkname)
+        if not self.members:
+            raise InputError(f"{label}: empty archive (no members)")
+
+    def names(self) -> list[bytes]:
+        return list(self.members)
+
+    def resolve(self, name: str | bytes, *, what: str) -> Member:
+        """Follow symlink and hard-link members inside the archive (EDGE-CASES 2), with a hop
+        limit for cycles.  Names outside the archive (``..``, absolute) are refused."""
+        raw = name.encode() if isinstance(name, str) else name
+        if raw.startswith(b"/"):
+            raise InputError(f"{self.label}: {what} {show(raw)} is an absolute path")
+        current = join(split_name(raw, what=f"{self.label}: {what}"))
+        for _ in range(MAX_LINK_HOPS):
+            member = self.members.get(current)
+            if member is None:
+                raise NotFoundError(f"{self.label}: {what} {show(raw)} is not in the archive")
+            if member.type == b"2":  # symlink member: relative to its directory
+                base = current.rsplit(b"/", 1)[0] if b"/" in current else b""
+                target = member.linkname
+                if target.startswith(b"/"):
+                    raise InputError(f"{self.label}: member {show(current)} links outside the archive")
+                combined = _lexical(base + b"/" + target if base else target)
+                if combined is None:
+                    raise InputError(f"{self.label}: member {show(current)} links outside the archive")
+                current = combined
+                continue
+            if member.type == b"1":  # hard link member: names another member
+                target = _lexical(member.linkname)
+                if target is None:
+                    raise InputError(f"{self.label}: member {show(current)} links outside the archive")
+                current = target
+                continue
+            if member.type not in (b"0", b"\0", b"7"):
+                raise InputError(f"{self.label}: {what} {show(raw)} is not a regular file")
+            return member
+        raise InputError(f"{self.label}: {what} {show(raw)}: too many links (cycle?)")
+
+    def region(self, name: str | bytes, *, what: str) -> FileRegion:
+        m = self.resolve(name, what=what)
+        return FileRegion(self.fd, m.offset, m.size)
+
+    def blob(self, name: str | bytes, *, what: str) -> Blob:
+        region = self.region(name, what=what)
+        where = f"{self.label}:{name if isinstance(name, str) else name.decode('utf-8', 'replace')}"
+        return Blob(open=lambda: open_region(region), region=region, where=where)
+
+    def has(self, name: str | bytes) -> bool:
+        raw = name.encode() if isinstance(name, str) else name
+        try:
+            return join(split_name(raw, what="")) in self.members
+        except InputError:
+            return False
+
+    def read_bytes(self, name: str | bytes, *, what: str) -> bytes:
+        """A small member (JSON) whole; large ones are refused before any allocation."""
+        region = self.region(name, what=what)
+        if region.size > MAX_JSON:
+            raise InputError(f"{self.label}: {what} is {region.size} bytes, larger than any sane JSON document")
+        data = os.pread(self.fd, region.size, region.offset)
+        if len(data) != region.size:
+            raise IntegrityError(f"{self.label}: {what}: truncated")
+        return data
+
+    def read_json(self, name: str | bytes, *, what: str) -> Any:
+        return parse_json(self.read_bytes(name, what=what), what=f"{self.label}: {what}")
+
+
+def _lexical(path: bytes) -> Optional[bytes]:
+    out: list[bytes] = []
+    for part in path.split(b"/"):
+        if not part or part == b".":
+            continue
+        if part == b"..":
+            if not out:
+                return None
+            out.pop()
+            continue
+        out.append(part)
+    return b"/".join(out)
+
+
+def parse_json(data: bytes, *, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{what}: not valid JSON ({exc})") from None
+
+
+def open_archive_file(path: str, *, label: str) -> tuple[TarArchive, list]:
+    """Open ``path`` (or ``-`` for stdin) as an indexed tar; returns it and its closers.
+
+    A plain seekable file is used in place.  A compressed file or a pipe is spooled
+    (decompressed) into an anonymous temporary file first: this is the one copy the
+    design allows, since a tar inside gzip cannot be read by offset."""
+    closers = []
+    if path == "-":
+        src_fd = os.dup(sys.stdin.buffer.fileno())
+    else:
+        try:
+            src_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory, not an archive") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(src_fd)
+        seekable = _is_seekable(src_fd)
+        if seekable:
+            head = os.pread(src_fd, compression.SNIFF_BYTES, 0)
+            kind = compression.detect(head, what=label)
+            if kind == compression.NONE:
+                if st.st_size == 0:
+                    raise InputError(f"{label}: empty file")
+                closers.append(close_fd(src_fd))
+                return TarArchive(src_fd, st.st_size, label=label), closers
+        spooled = _spool(src_fd, label=label, seekable=seekable)
+        os.close(src_fd)
+        closers.append(close_fd(spooled))
+        size = os.fstat(spooled).st_size
+        if size == 0:
+            raise InputError(f"{label}: empty input")
+        return TarArchive(spooled, size, label=label), closers
+    except BaseException:
+        for c in closers:
+            c()
+        try:
+            os.close(src_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _is_seekable(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+        import stat
+
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _spool(src_fd: int, *, label: str, seekable: bool) -> int:
+    """Decompress (if needed) ``src_fd`` into an anonymous temporary file; return its fd."""
+    tmp = tempfile.TemporaryFile(prefix="rootfs-spool-")
+    out_fd = os.dup(tmp.fileno())
+    tmp.close()
+    try:
+        src = os.fdopen(os.dup(src_fd), "rb", buffering=0)
+        try:
+            if seekable:
+                src.seek(0)
+            head = b""
+            while len(head) < compression.SNIFF_BYTES:
+                more = src.read(compression.SNIFF_BYTES - len(head))
+                if not more:
+                    break
+                head += more
+            kind = compression.detect(head, what=label)
+            pending = [head]
+
+            def raw_read(n: int) -> bytes:
+                if pending:
+                    return pending.pop()
+                return src.read(n)
+
+            reader = compression.DecompressingReader(kind, raw_read, what=label)
+            try:
+                buf = memoryview(bytearray(compression.PIECE))
+                while True:
+                    got = reader.readinto(buf)
+                    if not got:
+                        break
+                    view = buf[:got]
+                    while view:
+                        written = os.write(out_fd, view)
+                        view = view[written:]
+            finally:
+                reader.close()
+        finally:
+            src.close()
+        return out_fd
+    except BaseException:
+        os.close(out_fd)
+        raise

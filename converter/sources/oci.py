@@ -1,0 +1,125 @@
+"""OCI image layouts (directory or archive): ``oci-layout`` + ``index.json`` + ``blobs/``.
+
+The entry point is :func:`image_from_layout`; the index may name several images (chosen by
+``org.opencontainers.image.ref.name`` or containerd's full name) and nest indexes that list
+platforms (chosen with ``--platform``, attestations skipped).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..errors import InputError, NotFoundError
+from ..image import Image, Layer, Platform
+from ..manifests import (
+    CONTAINERD_NAME,
+    REF_NAME,
+    Descriptor,
+    choose_platform,
+    config_diff_ids,
+    config_platform,
+    descriptor,
+    index_entries,
+    kind_of,
+    select_by_ref,
+)
+from .blobstore import BlobStore
+
+MAX_INDEX_DEPTH = 8
+
+
+def check_layout(store: BlobStore) -> None:
+    if not store.has_file("oci-layout"):
+        raise InputError(f"{store.label}: not an OCI layout (no oci-layout file)")
+    layout = store.read_json_file("oci-layout", what="oci-layout")
+    if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+        raise InputError(f"{store.label}: oci-layout has no imageLayoutVersion")
+
+
+def image_from_layout(
+    store: BlobStore, *, ref: Optional[str], platform: Optional[Platform], source: str, fmt: str
+) -> Image:
+    check_layout(store)
+    index = store.read_json_file("index.json", what="index.json")
+    if kind_of(index, what=f"{store.label}: index.json") != "index":
+        raise InputError(f"{store.label}: index.json is not an image index")
+    entries = index_entries(index, what=f"{store.label}: index.json")
+    top = [e for e in entries if not e.is_attestation]
+    candidates = [(_names(e), e) for e in top]
+    names = {tuple(n) for n, _ in candidates}
+    if ref is None and len(candidates) > 1 and len(names) == 1:
+        # one image (or none named) stored as several platform manifests side by side
+        chosen_ref = candidates[0][0][0] if candidates[0][0] else None
+        desc = choose_platform(top, platform, what=f"{store.label}: index.json")
+    else:
+        chosen_ref, desc = select_by_ref(candidates, ref, what=store.label)
+    return resolve_descriptor(store, desc, ref=chosen_ref, platform=platform, source=source, fmt=fmt)
+
+
+def _names(d: Descriptor) -> list[str]:
+    out = []
+    for key in (REF_NAME, CONTAINERD_NAME):
+        v = d.annotations.get(key)
+        if v and v not in out:
+            out.append(v)
+    return out
+
+
+def resolve_descriptor(
+    store: BlobStore,
+    desc: Descriptor,
+    *,
+    ref: Optional[str],
+    platform: Optional[Platform],
+    source: str,
+    fmt: str,
+) -> Image:
+    for _depth in range(MAX_INDEX_DEPTH):
+        what = f"manifest {desc.digest}"
+        doc = store.read_json_blob(desc.digest, desc.size, what="manifest")
+        kind = kind_of(doc, desc.media_type, what=f"{store.label}: {what}")
+        if kind == "manifest":
+            return image_from_manifest(store, doc, desc.digest, ref=ref, source=source, fmt=fmt)
+        desc = choose_platform(index_entries(doc, what=f"{store.label}: index {desc.digest}"), platform,
+                               what=f"{store.label}: index {desc.digest}")
+    raise InputError(f"{store.label}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+
+
+def image_from_manifest(
+    store: BlobStore, doc: dict[str, Any], digest: Optional[str], *, ref: Optional[str], source: str, fmt: str
+) -> Image:
+    what = f"{store.label}: manifest {digest or ''}".rstrip()
+    cfg_desc = descriptor(doc.get("config"), what=f"{what} config")
+    layers_raw = doc.get("layers")
+    if not isinstance(layers_raw, list):
+        raise InputError(f"{what}: 'layers' is missing or not a list")
+    config = store.read_json_blob(cfg_desc.digest, cfg_desc.size, what="config")
+    diff_ids = config_diff_ids(config, what=f"{store.label}: config {cfg_desc.digest}")
+    descs = [descriptor(l, what=f"{what} layer {i + 1}") for i, l in enumerate(layers_raw)]
+    if len(diff_ids) != len(descs):
+        raise InputError(
+            f"{what}: {len(descs)} layers but the config lists {len(diff_ids)} diff_ids"
+        )
+    layers = []
+    for i, d in enumerate(descs):
+        if d.urls and not _present(store, d):
+            raise NotFoundError(
+                f"{what}: layer {i + 1} {d.digest} is a foreign layer (urls: {', '.join(d.urls)}) not stored in the layout"
+            )
+        blob = store.blob(d.digest, d.size, what=f"layer {i + 1}")
+        layers.append(
+            Layer(index=i, blob=blob, digest=d.digest, size=d.size, media_type=d.media_type,
+                  diff_id=diff_ids[i], urls=d.urls, annotations=d.annotations)
+        )
+    return Image(
+        source=source, layers=layers, config=config, manifest=doc, manifest_digest=digest,
+        config_digest=cfg_desc.digest, reference=ref, platform=config_platform(config), format=fmt,
+    )
+
+
+def _present(store: BlobStore, d: Descriptor) -> bool:
+    try:
+        store.blob(d.digest, d.size, what="layer")
+        return True
+    except NotFoundError:
+        return False

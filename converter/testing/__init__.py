@@ -1,0 +1,1 @@
+"""Helpers for test suites: build images from Python descriptions, list trees."""
