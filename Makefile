@@ -17,6 +17,7 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/rootfs convert $(SAMPLE) -o sample-rootfs --force
+	@echo; echo 'The merged view (rootfs ls $(SAMPLE)):'; $(VENV)/bin/rootfs ls $(SAMPLE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

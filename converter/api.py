@@ -14,6 +14,7 @@ from .ids import IdMap, IdMapper, IdRange
 from .image import Image, Layer, Platform
 from .layerstream import Limits
 from .merge import Events, MergeOptions, Plan, build_plan
+from .select import select_layers
 from .sinks.directory import DirectoryOptions, write_directory
 from .sinks.tar import TarOptions, write_tar
 from .sources import open_image
@@ -99,9 +100,16 @@ def convert(
     progress: Optional[Callable[[str, dict], None]] = None,
     events: Optional[Events] = None,
     registry_options: Any = None,
+    layers: Optional[str | int] = None,
+    skip_layers: Sequence[str] = (),
+    only_layer: Optional[str] = None,
 ) -> ConvertResult:
     """Convert ``source`` (a path or skopeo-style spec) to a directory, or with
     ``flatten=True`` to one tar (``-`` for stdout; ``.gz``/``.zst``/``.xz`` compress).
+
+    ``layers`` (``N`` or ``"A..B"``, 1-based), ``skip_layers`` and ``only_layer`` choose
+    layers (see :mod:`converter.select`); ``only_layer`` with ``flatten`` keeps the layer's
+    whiteout markers as ``.wh.`` entries (the raw diff).
 
     Raises :class:`~converter.errors.ConverterError` subclasses for bad input; the
     destination is then left exactly as it was."""
@@ -118,7 +126,11 @@ def convert(
         if not os.path.isdir(spool_dir):
             spool_dir = None
     with open_image(source, ref=ref, platform=platform, registry_options=registry_options) as image:
-        plan = plan_image(image, verify=verify, limits=limits, events=events, spool_dir=spool_dir, progress=progress)
+        chosen = select_layers(image, layers=layers, skip=skip_layers, only=only_layer)
+        plan = plan_image(
+            image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
+            progress=progress, keep_whiteouts=only_layer is not None and flatten,
+        )
         try:
             if flatten:
                 res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch))
@@ -133,7 +145,7 @@ def convert(
             plan.close()
         return ConvertResult(
             output=out, kind=kind, entries=entries, bytes=nbytes,
-            layers_applied=[layer.index for layer in image.layers],
+            layers_applied=[layer.index for layer in chosen],
             reference=image.reference, manifest_digest=image.manifest_digest, config_digest=image.config_digest,
             source_format=image.format, warnings=dict(events.counts), events=events,
         )

@@ -108,7 +108,9 @@ def _size(text: Optional[str]) -> Optional[int]:
         "  rootfs convert httpd.tar --flatten httpd-rootfs.tar.zst\n\n"
         "  rootfs convert oci:layout:v1 --platform linux/arm64 -o arm-root\n\n"
         "  docker save app | rootfs convert - --flatten - | tar -tv\n\n"
-        "  rootfs convert app.tar -o out --uid-map 0:100000:65536 --gid-map 0:100000:65536"
+        "  rootfs convert app.tar -o out --uid-map 0:100000:65536 --gid-map 0:100000:65536\n\n"
+        "  rootfs convert app.tar -o base --layers 2            # only the first two layers\n\n"
+        "  rootfs convert app.tar --flatten l3.tar --only-layer 3   # one layer's raw diff"
     )
 )
 def convert(
@@ -127,6 +129,9 @@ def convert(
     max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", help="Refuse images with more entries."),
     max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
     max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Apply only the first N layers, or A..B (1-based, inclusive)."),
+    skip_layer: List[str] = typer.Option([], "--skip-layer", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
+    only_layer: Optional[str] = typer.Option(None, "--only-layer", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
     devices: str = typer.Option("skip", "--devices", help="Device nodes when not root: skip or empty (empty regular files)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
@@ -153,6 +158,7 @@ def convert(
                 uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner,
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
+                layers=layers, skip_layers=skip_layer, only_layer=only_layer,
             )
         finally:
             progress.stop()
@@ -204,11 +210,15 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _summary(result: Any) -> None:
     what = "directory" if result.kind == "dir" else "tar"
     ref = f" {result.reference}" if result.reference else ""
     lines = [
-        f"converted{ref} ({result.source_format}, {len(result.layers_applied)} layers) to {what} {result.output}",
+        f"converted{ref} ({result.source_format}, {_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
         f"  {result.entries} entries, {_human(result.bytes)}",
     ]
     if result.warnings:
@@ -218,3 +228,106 @@ def _summary(result: Any) -> None:
 
 def main() -> None:
     app()
+
+
+_TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "c": "c", "b": "b", "p": "p", "s": "s"}
+
+
+def _mode_string(kind: str, mode: int) -> str:
+    chars = _TYPE_CHAR.get(kind, "?")
+    for shift, special, sch in ((6, 0o4000, "sS"), (3, 0o2000, "sS"), (0, 0o1000, "tT")):
+        bits = (mode >> shift) & 7
+        r = "r" if bits & 4 else "-"
+        w = "w" if bits & 2 else "-"
+        x = bits & 1
+        if mode & special:
+            xc = sch[0] if x else sch[1]
+        else:
+            xc = "x" if x else "-"
+        chars += r + w + xc
+    return chars
+
+
+@app.command(
+    name="ls",
+    epilog=(
+        "[b]Examples[/b]\n\n"
+        "  rootfs ls httpd.tar\n\n"
+        "  rootfs ls httpd.tar /usr/local/apache2/bin\n\n"
+        "  rootfs ls oci:layout:v1 --json | jq '.entries[].path'\n\n"
+        "  rootfs ls app.tar --format tree > app.tree   # the canonical listing, with sha256"
+    ),
+)
+def ls_command(
+    source: str = typer.Argument(..., help="Image spec (as for convert)."),
+    path: Optional[str] = typer.Argument(None, help="Only this path and what is below it."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant]."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
+    fmt: str = typer.Option("long", "--format", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
+    debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
+) -> None:
+    """List the merged view of an image without writing anything."""
+    _state.update(debug=debug)
+
+    def body() -> None:
+        import json
+
+        from .api import plan_image
+        from .errors import NotFoundError, UsageError
+        from .listing import escape, format_listing
+        from .paths import split_name
+        from .sources import open_image
+        from .treeview import records_from_plan
+
+        if fmt not in ("long", "tree", "paths"):
+            raise UsageError(f"--format {fmt!r}: use long, tree or paths")
+        with open_image(source, ref=ref, platform=platform) as image:
+            plan = plan_image(image)
+            try:
+                plan.verify()
+                prefix = split_name(os.fsencode(path), what="path") if path else None
+                records = list(records_from_plan(plan, hash_files=(fmt == "tree" and not as_json), prefix=prefix))
+                if prefix and not records:
+                    raise NotFoundError(f"{path}: not in the image")
+                records.sort(key=lambda r: r.path)
+                out = sys.stdout
+                if as_json:
+                    entries = []
+                    for r in records:
+                        e: dict[str, Any] = {
+                            "path": r.path.decode("utf-8", "surrogateescape") if _utf8(r.path) else escape(r.path),
+                            "type": r.type, "mode": f"{r.mode:o}", "uid": r.uid, "gid": r.gid,
+                            "size": r.size, "target": None if r.target is None else os.fsdecode(r.target),
+                        }
+                        if r.rdev:
+                            e["device"] = list(r.rdev)
+                        if r.xattrs:
+                            e["xattrs"] = sorted(r.xattrs)
+                        entries.append(e)
+                    json.dump({"entries": entries}, out, indent=1, ensure_ascii=False)
+                    out.write("\n")
+                elif fmt == "tree":
+                    out.write(format_listing(records))
+                elif fmt == "paths":
+                    for r in records:
+                        out.write(escape(r.path) + "\n")
+                else:
+                    for r in records:
+                        size = str(r.size) if r.size is not None else (f"{r.rdev[0]},{r.rdev[1]}" if r.rdev else "-")
+                        line = f"{_mode_string(r.type, r.mode)} {r.uid:>5}:{r.gid:<5} {size:>10} {escape(r.path)}"
+                        if r.target is not None:
+                            line += f" -> {escape(r.target)}"
+                        out.write(line + "\n")
+            finally:
+                plan.close()
+
+    run_guarded(body)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -1,0 +1,78 @@
+"""The merged view as listing records, without writing anything (``rootfs ls``/``diff``).
+
+The same :mod:`converter.listing` core formats these records, so ``rootfs ls --format tree``
+prints exactly what listing the converted directory would print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterator, Optional
+
+from .listing import EMPTY_SHA256, Record
+from .merge import BLK, CHR, LNK, REG, Node, Plan
+from .paths import Parts, join
+
+
+def node_sha256(node: Node) -> str:
+    """SHA-256 of a regular file's content, read from where the plan located it."""
+    if not node.size:
+        return EMPTY_SHA256
+    h = hashlib.sha256()
+    if node.sparse is None:
+        segments = [(0, node.size)]
+    else:
+        segments = list(node.sparse)
+    pos, src = 0, node.offset
+    for file_off, length in segments:
+        if file_off > pos:
+            _zeros(h, file_off - pos)
+            pos = file_off
+        remaining = length
+        while remaining:
+            chunk = os.pread(node.fd, min(remaining, 1 << 20), src)
+            if not chunk:
+                raise OSError("content ended early")
+            h.update(chunk)
+            src += len(chunk)
+            remaining -= len(chunk)
+            pos += len(chunk)
+    if node.size > pos:
+        _zeros(h, node.size - pos)
+    return h.hexdigest()
+
+
+def _zeros(h: "hashlib._Hash", n: int) -> None:
+    block = bytes(min(n, 1 << 20))
+    while n:
+        part = min(n, len(block))
+        h.update(block[:part])
+        n -= part
+
+
+def records_from_plan(plan: Plan, *, hash_files: bool = False, prefix: Optional[Parts] = None) -> Iterator[Record]:
+    """Records for every entry (or those at/below ``prefix``).  Hard-linked paths share
+    their node, which is what ``inode`` identifies."""
+    counts: dict[int, int] = {}
+    entries = list(plan.walk())
+    for _, node in entries:
+        if node.kind != "d":
+            counts[id(node)] = counts.get(id(node), 0) + 1
+    for parts, node in entries:
+        if prefix and parts[: len(prefix)] != prefix:
+            continue
+        kind = node.kind
+        yield Record(
+            path=join(parts),
+            type=kind,
+            mode=node.mode,
+            uid=node.uid,
+            gid=node.gid,
+            size=node.size if kind == REG else None,
+            sha256=(node_sha256(node) if hash_files else None) if kind == REG else None,
+            target=node.linkname if kind == LNK else None,
+            rdev=(node.major, node.minor) if kind in (CHR, BLK) else None,
+            inode=id(node) if counts.get(id(node), 0) > 1 else None,
+            xattrs=dict(node.xattrs),
+        )
