@@ -6,9 +6,24 @@ The pipeline is ``source -> Image -> merge -> sink``; see README.md and the modu
 
 __version__ = "0.1.0"
 
-from .api import ConvertResult, convert, plan_image  # noqa: E402
-from .errors import ConverterError  # noqa: E402
-from .image import Image, Layer, Platform  # noqa: E402
-from .sources import open_image  # noqa: E402
+from typing import Any
 
 __all__ = ["convert", "plan_image", "open_image", "ConvertResult", "ConverterError", "Image", "Layer", "Platform"]
+
+_LAZY = {
+    "convert": "api", "plan_image": "api", "ConvertResult": "api",
+    "open_image": "sources", "ConverterError": "errors",
+    "Image": "image", "Layer": "image", "Platform": "image",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the API on first use, so ``rootfs --version`` and ``--help`` start fast."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'converter' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -227,7 +227,8 @@ class Merger:
         self._layer_label = layer.label
         self._layer_index = layer.index
         deferred: list[tuple[TarEntry, Parts]] = []
-        reader = TarReader(reading.source, name=layer.label)
+        # in place, data is skipped by seeking: a small buffer avoids reading it anyway
+        reader = TarReader(reading.source, name=layer.label, buffer_size=(64 << 10) if reading.region else (1 << 20))
         limits = self.options.limits
         in_place = reading.region
         progress = self.options.progress
@@ -268,7 +269,10 @@ class Merger:
 
     def _apply(self, entry: TarEntry, deferred: list) -> Optional[Node]:
         """Apply one header; returns the new regular-file node whose data must be located."""
-        parts = split_name(entry.name, what=self._what(entry))
+        try:
+            parts = split_name(entry.name, what="")
+        except UnsafeEntryError:
+            parts = split_name(entry.name, what=self._what(entry))  # raises with the full message
         if not parts:
             return self._root_entry(entry)
         base = parts[-1]
@@ -451,22 +455,24 @@ class Merger:
     def _hardlink(self, entry: TarEntry, parts: Parts, *, final: bool) -> bool:
         """Link ``parts`` to the node its linkname names in the current view (rule 6).
         Returns False to be retried at the end of the layer (EDGE-CASES 48)."""
-        what = self._what(entry)
-        target_parts = split_name(entry.linkname, what=f"{what} link target")
+        try:
+            target_parts = split_name(entry.linkname, what="")
+        except UnsafeEntryError:
+            target_parts = split_name(entry.linkname, what=f"{self._what(entry)} link target")
         target: Optional[Node]
         if target_parts and target_parts[0] == WH_PLINK and len(target_parts) == 2:
             target = self._plink.get(target_parts[1])
         elif not target_parts:
-            raise UnsafeEntryError(f"{what}: hard link to the root directory")
+            raise UnsafeEntryError(f"{self._what(entry)}: hard link to the root directory")
         else:
             tparent = self._resolve_dir(target_parts[:-1], entry, create=False, touch=False)
             target = tparent.children.get(target_parts[-1]) if tparent and tparent.children is not None else None
         if target is None:
             if not final:
                 return False
-            raise UnsafeEntryError(f"{what}: hard link to {show(entry.linkname)}, which does not exist")
+            raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which does not exist")
         if target.kind == DIR:
-            raise UnsafeEntryError(f"{what}: hard link to {show(entry.linkname)}, which is a directory")
+            raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which is a directory")
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         assert parent is not None and parent.children is not None
         self._touch(parent, parts[-1])

@@ -114,6 +114,7 @@ class DirectoryWriter:
         dirs: list[tuple[Parts, Node]] = []
         heads: dict[int, Parts] = {}
         ids = self.options.ids
+        identity = ids.identity
         for parts, node in self.plan.walk():
             parent_fd = self.fds.get(parts[:-1])
             name = parts[-1]
@@ -129,7 +130,7 @@ class DirectoryWriter:
                 os.link(head[-1], name, src_dir_fd=self.fds.get(head[:-1]), dst_dir_fd=parent_fd, follow_symlinks=False)
                 self.result.links += 1
                 continue
-            uid, gid = ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+            uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
             if kind == REG:
                 self._file(parent_fd, name, parts, node, uid, gid)
             elif kind == LNK:
