@@ -331,3 +331,67 @@ def _utf8(raw: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+@app.command(
+    name="inspect",
+    epilog=(
+        "[b]Examples[/b]\n\n"
+        "  rootfs inspect httpd.tar\n\n"
+        "  rootfs inspect oci:layout:v1 --platform linux/arm64 --json\n\n"
+        "  rootfs inspect app.tar --entries      # also count entries per layer (reads every layer)"
+    ),
+)
+def inspect_command(
+    source: str = typer.Argument(..., help="Image spec (as for convert)."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant]."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document (shape documented in the README)."),
+    entries: bool = typer.Option(False, "--entries", help="Count entries and uncompressed bytes per layer (reads and verifies every layer)."),
+    debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
+) -> None:
+    """Show an image's reference, digests, platform, config and layers."""
+    _state.update(debug=debug)
+
+    def body() -> None:
+        import json
+
+        from .inspect import inspect
+
+        info = inspect(source, ref=ref, platform=platform, count_entries=entries)
+        if as_json:
+            json.dump(info.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+        c = info.config
+        console.print(f"[b]{info.reference or '(untagged)'}[/b]  {info.format}  {info.platform or ''}")
+        for label, value in (
+            ("manifest", info.digest), ("config", info.config_digest), ("entrypoint", c["entrypoint"]),
+            ("cmd", c["cmd"]), ("user", c["user"] or None), ("workdir", c["workdir"] or None),
+            ("ports", ", ".join(c["exposed_ports"]) or None), ("created", c["created"]),
+        ):
+            if value:
+                console.print(f"  {label:<11}{value}", markup=False)
+        for e in c["env"]:
+            console.print(f"  {'env':<11}{e}", markup=False)
+        for k, v in sorted(c["labels"].items()):
+            console.print(f"  {'label':<11}{k}={v}", markup=False)
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("#", "digest", "size", "compression") + (("uncompressed", "entries") if entries else ()) + ("created by",):
+            table.add_column(col, overflow="fold")
+        for layer in info.layers:
+            row = [str(layer.index), (layer.digest or layer.diff_id or "-")[:19], _human(layer.size or 0), layer.compression]
+            if entries:
+                row += [_human(layer.uncompressed_size or 0), str(layer.entries)]
+            row.append((layer.created_by or "")[:80])
+            table.add_row(*row)
+        console.print(table)
+        empties = sum(1 for h in info.history if h["empty_layer"])
+        if empties:
+            console.print(f"  ({empties} history steps made no layer)")
+
+    run_guarded(body)

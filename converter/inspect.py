@@ -1,0 +1,130 @@
+"""``rootfs inspect``: what an image is, before converting it.
+
+The JSON shape (``--json``) is stable and documented in README.md; keys are only ever
+added.  Top level: ``reference``, ``digest`` (manifest digest, when the format has one),
+``config_digest``, ``platform``, ``format``, ``source``, ``config`` (entrypoint, cmd, env,
+user, workdir, exposed_ports, labels, created, author), ``layers`` (apply order) and
+``history``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .image import Image, Platform
+from .layerstream import HashPool, LayerReading, Limits
+from .sources import open_image
+from .tar.reader import TarReader
+
+
+@dataclass
+class LayerInfo:
+    index: int  # 1-based, apply order
+    digest: Optional[str]
+    diff_id: Optional[str]
+    media_type: Optional[str]
+    size: Optional[int]  # stored (possibly compressed) bytes
+    compression: str  # detected from the bytes
+    created_by: Optional[str] = None
+    uncompressed_size: Optional[int] = None  # with count_entries
+    entries: Optional[int] = None  # with count_entries
+
+
+@dataclass
+class ImageInfo:
+    reference: Optional[str]
+    digest: Optional[str]
+    config_digest: Optional[str]
+    platform: Optional[str]
+    format: str
+    source: str
+    config: dict[str, Any]
+    layers: list[LayerInfo] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _config_summary(config: dict[str, Any]) -> dict[str, Any]:
+    c = config.get("config") if isinstance(config.get("config"), dict) else {}
+    ports = c.get("ExposedPorts") if isinstance(c.get("ExposedPorts"), dict) else {}
+    return {
+        "entrypoint": c.get("Entrypoint"),
+        "cmd": c.get("Cmd"),
+        "env": c.get("Env") or [],
+        "user": c.get("User") or "",
+        "workdir": c.get("WorkingDir") or "",
+        "exposed_ports": sorted(ports),
+        "labels": c.get("Labels") or {},
+        "stop_signal": c.get("StopSignal"),
+        "created": config.get("created"),
+        "author": config.get("author"),
+    }
+
+
+def _history(config: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    hist = config.get("history")
+    if not isinstance(hist, list):
+        return out
+    for h in hist:
+        if not isinstance(h, dict):
+            continue
+        out.append({
+            "created": h.get("created"),
+            "created_by": h.get("created_by"),
+            "comment": h.get("comment"),
+            "empty_layer": bool(h.get("empty_layer", False)),
+        })
+    return out
+
+
+def describe(image: Image, *, count_entries: bool = False) -> ImageInfo:
+    history = _history(image.config)
+    non_empty = [h for h in history if not h["empty_layer"]]
+    # history entries map onto layers in order only when the counts agree
+    created_by = [h.get("created_by") for h in non_empty] if len(non_empty) == len(image.layers) else []
+    info = ImageInfo(
+        reference=image.reference,
+        digest=image.manifest_digest,
+        config_digest=image.config_digest,
+        platform=str(image.platform) if image.platform else None,
+        format=image.format,
+        source=image.source,
+        config=_config_summary(image.config),
+        history=history,
+    )
+    pool = HashPool()
+    try:
+        for i, layer in enumerate(image.layers):
+            reading = LayerReading(layer, verify=count_entries, hash_pool=pool, limits=Limits())
+            try:
+                li = LayerInfo(
+                    index=i + 1, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type or None,
+                    size=layer.size if layer.size is not None else reading.compressed_size,
+                    compression=reading.compression, created_by=created_by[i] if created_by else None,
+                )
+                if count_entries:
+                    reader = TarReader(reading.source, name=layer.label)
+                    n = sum(1 for _ in reader)
+                    reader.finish()
+                    reading.finish()
+                    reading.wait_verified()
+                    li.entries = n
+                    li.uncompressed_size = reader.offset
+            finally:
+                reading.close()
+            info.layers.append(li)
+    finally:
+        pool.close()
+    return info
+
+
+def inspect(
+    source: str, *, ref: Optional[str] = None, platform: Optional[str | Platform] = None, count_entries: bool = False
+) -> ImageInfo:
+    """Open ``source`` and describe it (layers are read only with ``count_entries``)."""
+    with open_image(source, ref=ref, platform=platform) as image:
+        return describe(image, count_entries=count_entries)
