@@ -46,6 +46,7 @@ __all__ = [
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _SKIP_CHUNK = 1 << 20
+_MIN_READAHEAD = 16 << 10
 
 
 class TarFormatError(InputError):
@@ -467,6 +468,7 @@ class TarReader:
         self._buf = bytearray(buffer_size)
         self._mv = memoryview(self._buf)
         self._cap = buffer_size
+        self._readahead = buffer_size  # bytes to read per refill; see _skip
         self._base = 0  # source offset of _buf[0]
         self._pos = 0  # next unconsumed byte in _buf
         self._end = 0  # end of valid bytes in _buf
@@ -478,7 +480,6 @@ class TarReader:
         self._globals_bytes = 0
         self._done = False
         self.end_reason: str | None = None
-        self._end_offset: int | None = None
         self._finished = False
 
     # ----------------------------------------------------------------- public interface
@@ -510,7 +511,7 @@ class TarReader:
         while self._data_left > 0:
             avail = self._end - self._pos
             if avail <= 0:
-                avail = self._fill(1)
+                avail = self._fill(1, self._data_left + self._pad_left)
                 if avail <= 0:
                     raise self._truncated("data")
             n = min(avail, self._data_left, chunk)
@@ -538,7 +539,7 @@ class TarReader:
         from the current offset (unconsumed entry data included)."""
         if self._finished:
             return 0
-        start = self._end_offset if self._end_offset is not None else self.offset
+        start = self.offset
         total = self._end - self._pos
         self._pos = self._end = 0
         view = self._mv
@@ -556,13 +557,15 @@ class TarReader:
 
     # ----------------------------------------------------------------- buffer handling
 
-    def _fill(self, need: int) -> int:
-        """Make at least ``need`` bytes available from ``_pos`` if the source has them;
-        return the number available."""
+    def _fill(self, need: int, want: int = 0) -> int:
+        """Make at least ``need`` bytes available from ``_pos`` if the source has them
+        (reading up to ``want`` or the read-ahead size at once); return the number
+        available."""
         pos = self._pos
         end = self._end
         avail = end - pos
-        if avail <= 0 or pos + need > self._cap:
+        cap = self._cap
+        if avail <= 0 or pos + need > cap:
             mv = self._mv
             if avail > 0:
                 mv[0:avail] = mv[pos:end]
@@ -571,10 +574,13 @@ class TarReader:
             self._base += pos
             self._pos = pos = 0
             end = avail
+        ra = self._readahead
+        limit = min(cap, pos + max(need, want, ra))
+        self._readahead = min(cap, ra * 2)
         mv = self._mv
         readinto = self._source.readinto
         while end - pos < need:
-            n = readinto(mv[end:])
+            n = readinto(mv[end:limit])
             if not n:
                 break
             end += n
@@ -589,6 +595,10 @@ class TarReader:
         n -= avail
         self._base += self._end
         self._pos = self._end = 0
+        if n >= 4 * _MIN_READAHEAD:
+            # Big entries: read small pieces around their headers rather than a full
+            # buffer of data that is skipped anyway (it grows back on dense runs).
+            self._readahead = _MIN_READAHEAD
         got = self._source.skip(n)
         self._base += got
         if got < n:
@@ -656,7 +666,7 @@ class TarReader:
                 pos = self._pos
                 if avail < BLOCK:
                     if avail == 0 and ext is None:
-                        self._at_end("eof", self.offset)
+                        self._at_end("eof")
                         return None
                     raise self._truncated("an extended header's entry" if avail == 0 else "a header")
             blk = self._mv[pos : pos + BLOCK].tobytes()
@@ -759,24 +769,23 @@ class TarReader:
             self._current = entry
             return entry
 
-    def _at_end(self, reason: str, end_offset: int) -> None:
+    def _at_end(self, reason: str) -> None:
         self.end_reason = reason
-        self._end_offset = end_offset
         self._done = True
 
     def _end_of_archive(self, zero_off: int) -> None:
         avail = self._fill(BLOCK)
         if avail == 0:
-            self._at_end("one-zero-block-eof", zero_off + BLOCK)
+            self._at_end("one-zero-block-eof")
             return
         pos = self._pos
         if avail >= BLOCK and self._mv[pos : pos + BLOCK] == _ZERO_BLOCK:
             self._pos = pos + BLOCK
-            self._at_end("eof-blocks", zero_off + 2 * BLOCK)
+            self._at_end("eof-blocks")
             return
         # a lone zero block followed by something else: like GNU tar and tarfile, stop
         # here; finish() counts the rest as trailing bytes
-        self._at_end("lone-zero-block", zero_off + BLOCK)
+        self._at_end("lone-zero-block")
 
     def _check_sum_slow(self, blk: bytes, hdr_off: int) -> None:
         try:
