@@ -97,6 +97,7 @@ def convert(
     max_size: Optional[int] = None,
     privileged: Optional[bool] = None,
     devices: str = "skip",
+    keep_ids: str = "none",
     progress: Optional[Callable[[str, dict], None]] = None,
     events: Optional[Events] = None,
     registry_options: Any = None,
@@ -138,7 +139,8 @@ def convert(
             else:
                 dres = write_directory(
                     plan, out,
-                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices, max_size=max_size),
+                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
+                                     max_size=max_size, keep_ids=keep_ids),
                 )
                 entries, nbytes, kind = dres.entries, dres.bytes, "dir"
         finally:

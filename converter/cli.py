@@ -133,6 +133,7 @@ def convert(
     skip_layer: List[str] = typer.Option([], "--skip-layer", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
     only_layer: Optional[str] = typer.Option(None, "--only-layer", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
     devices: str = typer.Option("skip", "--devices", help="Device nodes when not root: skip or empty (empty regular files)."),
+    keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -147,6 +148,10 @@ def convert(
 
         if (output is None) == (flatten is None):
             raise UsageError("give exactly one of -o DIR or --flatten FILE")
+        if devices not in ("skip", "empty"):
+            raise UsageError(f"--devices {devices!r}: use skip or empty")
+        if keep_ids not in ("none", "xattr"):
+            raise UsageError(f"--keep-ids {keep_ids!r}: use none or xattr")
         events = Events()
         if verbose:
             events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
@@ -158,7 +163,7 @@ def convert(
                 uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner,
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
-                layers=layers, skip_layers=skip_layer, only_layer=only_layer,
+                layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
             )
         finally:
             progress.stop()

@@ -86,6 +86,31 @@ class DirectoryOptions:
     #: xattr namespaces dropped on purpose (host-specific labels)
     drop_xattrs: tuple[str, ...] = ("security.selinux",)
     max_size: Optional[int] = None
+    #: "xattr": record owners (and device numbers of emptied devices) that could not be
+    #: applied, as ``user.rootlesscontainers`` (the rootlesscontainers.com convention)
+    keep_ids: str = "none"
+
+
+ROOTLESS_XATTR = "user.rootlesscontainers"
+DEVICE_XATTR = "user.rootfs.device"
+
+
+def rootless_value(uid: int, gid: int) -> bytes:
+    """The ``user.rootlesscontainers`` value: protobuf ``Resource{uint32 uid=1; uint32
+    gid=2}``; proto3 leaves zero fields out, so root:root is the empty message."""
+    out = bytearray()
+    for tag, value in ((0x08, uid), (0x10, gid)):
+        if value:
+            out.append(tag)
+            while True:
+                byte = value & 0x7F
+                value >>= 7
+                if value:
+                    out.append(byte | 0x80)
+                else:
+                    out.append(byte)
+                    break
+    return bytes(out)
 
 
 @dataclass
@@ -153,12 +178,24 @@ class DirectoryWriter:
             if self.privileged:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, node.mode)
-            if node.xattrs:
-                self._xattrs(fd, None, parts, node.xattrs)
+            xattrs = self._with_ids(node.xattrs, uid, gid)
+            if xattrs:
+                self._xattrs(fd, None, parts, xattrs)
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
         finally:
             os.close(fd)
         self.result.files += 1
+
+    def _with_ids(self, xattrs: dict[str, bytes], uid: int, gid: int, extra: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
+        """Add the rootless owner record when ids could not be applied and the user asked."""
+        if self.privileged or self.options.keep_ids != "xattr":
+            return xattrs
+        out = dict(xattrs)
+        if uid or gid:
+            out[ROOTLESS_XATTR] = rootless_value(uid, gid)
+        if extra:
+            out.update(extra)
+        return out
 
     def _copy(self, out_fd: int, node: Node, parts: Parts) -> None:
         stored = node.stored_size
@@ -201,6 +238,10 @@ class DirectoryWriter:
                 fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
                 try:
                     os.fchmod(fd, node.mode)
+                    dev = {DEVICE_XATTR: f"{kind}:{node.major}:{node.minor}".encode()}
+                    xattrs = self._with_ids(node.xattrs, uid, gid, dev)
+                    if xattrs:
+                        self._xattrs(fd, None, parts, xattrs)
                     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
                 finally:
                     os.close(fd)
@@ -211,18 +252,20 @@ class DirectoryWriter:
         if self.privileged:
             os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
         os.chmod(name, node.mode, dir_fd=parent_fd)  # a node we just made: not a symlink
-        if node.xattrs:
-            self._xattrs(None, (parent_fd, name), parts, node.xattrs)
+        xattrs = self._with_ids(node.xattrs, uid, gid)
+        if xattrs:
+            self._xattrs(None, (parent_fd, name), parts, xattrs)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
         return True
 
     def _dir_meta(self, fd: int, parts: Parts, node: Node) -> None:
+        uid, gid = self.options.ids.map(node.uid, node.gid, where=f"output {show(parts)}")
         if self.privileged:
-            uid, gid = self.options.ids.map(node.uid, node.gid, where=f"output {show(parts)}")
             os.fchown(fd, uid, gid)
         os.fchmod(fd, node.mode)
-        if node.xattrs:
-            self._xattrs(fd, None, parts, node.xattrs)
+        xattrs = self._with_ids(node.xattrs, uid, gid)
+        if xattrs:
+            self._xattrs(fd, None, parts, xattrs)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
     # ----- xattrs -----------------------------------------------------------------------
