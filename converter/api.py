@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import UsageError
-from .ids import IdMap, IdMapper, IdRange
+from .ids import IdMap, IdMapper, IdRange, read_subid_file
 from .image import Image, Layer, Platform
 from .layerstream import Limits
 from .merge import Events, MergeOptions, Plan, build_plan
@@ -43,7 +43,11 @@ def make_id_mapper(
     *,
     unmapped_id: Optional[int] = None,
     owner: Optional[str] = None,
+    subuid: Optional[str] = None,
+    subid_files: tuple[str, str] = ("/etc/subuid", "/etc/subgid"),
 ) -> IdMapper:
+    """Build the owner mapping from ``--uid-map``/``--gid-map`` ranges, or from the ranges
+    ``/etc/subuid`` and ``/etc/subgid`` give ``subuid`` (a user name)."""
     fixed = None
     if owner is not None:
         try:
@@ -51,9 +55,16 @@ def make_id_mapper(
             fixed = (int(u), int(g))
         except ValueError:
             raise UsageError(f"--owner {owner!r}: expected UID:GID, e.g. 0:0") from None
+    uranges = [IdRange.parse(r, what="--uid-map") for r in uid_map]
+    granges = [IdRange.parse(r, what="--gid-map") for r in gid_map]
+    if subuid is not None:
+        if uranges or granges:
+            raise UsageError("--subuid cannot be combined with --uid-map/--gid-map")
+        uranges = read_subid_file(subid_files[0], subuid)
+        granges = read_subid_file(subid_files[1], subuid)
     return IdMapper(
-        uids=IdMap([IdRange.parse(r, what="--uid-map") for r in uid_map], unmapped_id, "uid"),
-        gids=IdMap([IdRange.parse(r, what="--gid-map") for r in gid_map], unmapped_id, "gid"),
+        uids=IdMap(uranges, unmapped_id, "uid"),
+        gids=IdMap(granges, unmapped_id, "gid"),
         owner=fixed,
     )
 
@@ -90,6 +101,8 @@ def convert(
     gid_map: Sequence[str] = (),
     unmapped_id: Optional[int] = None,
     owner: Optional[str] = None,
+    subuid: Optional[str] = None,
+    subid_files: tuple[str, str] = ("/etc/subuid", "/etc/subgid"),
     reproducible: bool = False,
     source_date_epoch: Optional[int] = None,
     max_entries: int = 10_000_000,
@@ -116,7 +129,7 @@ def convert(
     destination is then left exactly as it was."""
     out = os.fspath(output)
     events = events or Events()
-    mapper = make_id_mapper(uid_map, gid_map, unmapped_id=unmapped_id, owner=owner)
+    mapper = make_id_mapper(uid_map, gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid, subid_files=subid_files)
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
     if source_date_epoch is None and reproducible:
         env = os.environ.get("SOURCE_DATE_EPOCH")

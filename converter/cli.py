@@ -124,6 +124,7 @@ def convert(
     uid_map: List[str] = typer.Option([], "--uid-map", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
     gid_map: List[str] = typer.Option([], "--gid-map", help="CONTAINER:HOST:SIZE, repeatable."),
     unmapped_id: Optional[int] = typer.Option(None, "--unmapped-id", help="Owner for ids outside every map range (default: error)."),
+    subuid: Optional[str] = typer.Option(None, "--subuid", help="Map owners with USER's ranges from /etc/subuid and /etc/subgid."),
     owner: Optional[str] = typer.Option(None, "--owner", help="Give every entry this UID:GID (e.g. 0:0)."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Byte-identical tar output; mtimes clamped to SOURCE_DATE_EPOCH when set."),
     max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", help="Refuse images with more entries."),
@@ -160,7 +161,7 @@ def convert(
             result = do_convert(
                 source, output if output is not None else flatten,  # type: ignore[arg-type]
                 flatten=flatten is not None, ref=ref, platform=platform, force=force, verify=not no_verify,
-                uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner,
+                uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid,
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
