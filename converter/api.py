@@ -117,9 +117,17 @@ def convert(
     layers: Optional[str | int] = None,
     skip_layers: Sequence[str] = (),
     only_layer: Optional[str] = None,
+    paths: Sequence[str] = (),
+    with_deps: bool = False,
+    bundle: bool = False,
 ) -> ConvertResult:
     """Convert ``source`` (a path or skopeo-style spec) to a directory, or with
     ``flatten=True`` to one tar (``-`` for stdout; ``.gz``/``.zst``/``.xz`` compress).
+
+    ``paths`` (globs, repeatable) keeps only those paths of the merged view (and their
+    parents; symlinks on the way are followed inside the image); ``with_deps`` adds the
+    shared libraries ELF files among them need.  ``bundle=True`` makes ``output`` an OCI
+    runtime bundle (``output/rootfs`` + ``output/config.json``) instead of a bare rootfs.
 
     ``layers`` (``N`` or ``"A..B"``, 1-based), ``skip_layers`` and ``only_layer`` choose
     layers (see :mod:`converter.select`); ``only_layer`` with ``flatten`` keeps the layer's
@@ -146,7 +154,22 @@ def convert(
             progress=progress, keep_whiteouts=only_layer is not None and flatten,
         )
         try:
-            if flatten:
+            if paths or with_deps:
+                from .pathselect import select_paths
+
+                select_paths(plan, list(paths), with_deps=with_deps, events=events)
+            if bundle:
+                from .bundle import write_bundle
+
+                if flatten:
+                    raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
+                dres = write_bundle(
+                    plan, image, out,
+                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
+                                     max_size=max_size, keep_ids=keep_ids),
+                )
+                entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
+            elif flatten:
                 res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch))
                 entries, nbytes, kind = res.entries, res.bytes, "tar"
             else:

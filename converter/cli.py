@@ -110,7 +110,9 @@ def _size(text: Optional[str]) -> Optional[int]:
         "  docker save app | rootfs convert - --flatten - | tar -tv\n\n"
         "  rootfs convert app.tar -o out --uid-map 0:100000:65536 --gid-map 0:100000:65536\n\n"
         "  rootfs convert app.tar -o base --layers 2            # only the first two layers\n\n"
-        "  rootfs convert app.tar --flatten l3.tar --only-layer 3   # one layer's raw diff"
+        "  rootfs convert app.tar --flatten l3.tar --only-layer 3   # one layer's raw diff\n\n"
+        "  rootfs convert httpd.tar -o out --path /usr/local/apache2/bin/httpd --with-deps\n\n"
+        "  rootfs convert app.tar --bundle bundle/ && runc run -b bundle/ app"
     )
 )
 def convert(
@@ -118,7 +120,7 @@ def convert(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the root filesystem into this directory."),
     flatten: Optional[str] = typer.Option(None, "--flatten", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
     ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive (tag or ref name)."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant] for multi-platform images (default: this host)."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] for multi-platform images (default: this host)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing non-empty output."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip digest and diff_id checks (not recommended)."),
     uid_map: List[str] = typer.Option([], "--uid-map", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
@@ -134,6 +136,9 @@ def convert(
     skip_layer: List[str] = typer.Option([], "--skip-layer", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
     only_layer: Optional[str] = typer.Option(None, "--only-layer", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
     devices: str = typer.Option("skip", "--devices", help="Device nodes when not root: skip or empty (empty regular files)."),
+    path: List[str] = typer.Option([], "--path", help="Only this path (glob allowed) and its parents; repeatable."),
+    with_deps: bool = typer.Option(False, "--with-deps", help="With --path: add the shared libraries ELF files need (found as the dynamic loader would)."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
     keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
@@ -147,8 +152,8 @@ def convert(
         from .errors import UsageError
         from .merge import Events
 
-        if (output is None) == (flatten is None):
-            raise UsageError("give exactly one of -o DIR or --flatten FILE")
+        if sum(x is not None for x in (output, flatten, bundle)) != 1:
+            raise UsageError("give exactly one of -o DIR, --flatten FILE or --bundle DIR")
         if devices not in ("skip", "empty"):
             raise UsageError(f"--devices {devices!r}: use skip or empty")
         if keep_ids not in ("none", "xattr"):
@@ -159,12 +164,13 @@ def convert(
         progress = _Progress(enabled=not quiet)
         try:
             result = do_convert(
-                source, output if output is not None else flatten,  # type: ignore[arg-type]
+                source, output if output is not None else (flatten if flatten is not None else bundle),  # type: ignore[arg-type]
                 flatten=flatten is not None, ref=ref, platform=platform, force=force, verify=not no_verify,
                 uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid,
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
+                paths=path, with_deps=with_deps, bundle=bundle is not None,
             )
         finally:
             progress.stop()
@@ -221,7 +227,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _summary(result: Any) -> None:
-    what = "directory" if result.kind == "dir" else "tar"
+    what = {"dir": "directory", "tar": "tar", "bundle": "runtime bundle"}[result.kind]
     ref = f" {result.reference}" if result.reference else ""
     lines = [
         f"converted{ref} ({result.source_format}, {_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
@@ -268,7 +274,7 @@ def ls_command(
     source: str = typer.Argument(..., help="Image spec (as for convert)."),
     path: Optional[str] = typer.Argument(None, help="Only this path and what is below it."),
     ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant]."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
     fmt: str = typer.Option("long", "--format", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -351,7 +357,7 @@ def _utf8(raw: bytes) -> bool:
 def inspect_command(
     source: str = typer.Argument(..., help="Image spec (as for convert)."),
     ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch[/variant]."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document (shape documented in the README)."),
     entries: bool = typer.Option(False, "--entries", help="Count entries and uncompressed bytes per layer (reads and verifies every layer)."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),

@@ -1,0 +1,78 @@
+"""The command line's conventions: help with examples, version, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from converter.errors import EXIT_CODES
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "sample" / "sample-image.tar"
+
+
+def rootfs(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, text=True, env=full_env, **kw)
+
+
+@pytest.mark.parametrize("command", ["convert", "ls", "inspect"])
+def test_every_command_has_help_with_examples(command: str) -> None:
+    r = rootfs(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Examples" in r.stdout
+    assert "rootfs " + command in r.stdout
+
+
+def test_version_names_the_gzip_backend() -> None:
+    r = rootfs("--version")
+    assert r.returncode == 0
+    assert r.stdout.startswith("rootfs ")
+    assert "gzip:" in r.stdout
+
+
+def test_error_is_one_line_with_documented_exit_code(tmp_path: Path) -> None:
+    r = rootfs("convert", str(tmp_path / "missing.tar"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 4 and 4 in EXIT_CODES
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("rootfs: error: ")
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_error_needs_exactly_one_output(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE))
+    assert r.returncode == 2
+    assert "exactly one of" in r.stderr
+
+
+def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "x.tar"), env={"NO_COLOR": ""})
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stderr and "\x1b[" not in r.stdout
+    assert r.stderr.startswith("converted sample/app:1.0")
+
+
+def test_ls_lists_the_merged_view_without_writing(tmp_path: Path) -> None:
+    r = rootfs("ls", str(SAMPLE), "/opt/app", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.endswith(" opt/app/VERSION") for line in lines)
+    assert not any("legacy.so" in line for line in lines)  # hidden by the opaque marker
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_json_has_the_documented_top_level_keys() -> None:
+    import json
+
+    r = rootfs("inspect", str(SAMPLE), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for key in ("reference", "digest", "platform", "config", "layers"):
+        assert key in doc
+    assert doc["reference"] == "sample/app:1.0"
+    assert [layer["index"] for layer in doc["layers"]] == [1, 2, 3]
+    assert doc["config"]["entrypoint"] == ["/usr/local/bin/app"]
