@@ -134,7 +134,7 @@ class _Inflater:
                         self._between = True
                     else:
                         data = b""
-            except (zlib.error, lzma.LZMAError, OSError, ValueError, EOFError) as exc:
+            except (*_GZIP_ERRORS, lzma.LZMAError, OSError, ValueError, EOFError) as exc:
                 raise InputError(f"{self.what}: corrupt {self.kind} data: {exc}") from None
 
     def end(self) -> Iterator[bytes]:
@@ -143,7 +143,7 @@ class _Inflater:
         if self.kind == GZIP:
             try:
                 tail = self._d.flush()
-            except (zlib.error, OSError) as exc:
+            except (*_GZIP_ERRORS, OSError) as exc:
                 raise IntegrityError(f"{self.what}: truncated gzip data: {exc}") from None
             if tail:
                 yield tail
@@ -151,6 +151,107 @@ class _Inflater:
                 raise IntegrityError(f"{self.what}: truncated gzip data (stream ends mid-member)")
         else:
             raise IntegrityError(f"{self.what}: truncated {self.kind} data (stream ends mid-stream)")
+
+
+_GZIP_ERRORS: tuple[type[BaseException], ...] = (zlib.error,) + (
+    (_gzip_impl.error,) if getattr(_gzip_impl, "error", zlib.error) is not zlib.error else ()
+)
+
+
+class ZstdFrames:
+    """Walks the zstd frame structure of the stored bytes (headers and block sizes only,
+    no decompression), so a stream cut between or inside frames is caught: the zstd
+    stream reader itself reports a truncated last frame as a clean EOF."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._need = 4  # bytes wanted by the current state
+        self._state = "magic"
+        self._buf = b""
+        self._skip = 0
+        self._checksum = False
+        self.frames = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._buf and not self._skip and self.frames > 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
+                if self._skip == 0 and self._state == "block-data-last":
+                    self._end_of_blocks()
+                elif self._skip == 0 and self._state == "skippable":
+                    self._state, self._need = "magic", 4
+                    self.frames += 1
+                elif self._skip == 0 and self._state == "block-data":
+                    self._state, self._need = "block", 3
+                continue
+            take = min(self._need - len(self._buf), len(view))
+            self._buf += bytes(view[:take])
+            view = view[take:]
+            if len(self._buf) < self._need:
+                return
+            self._step()
+
+    def _end_of_blocks(self) -> None:
+        if self._checksum:
+            self._state, self._need, self._skip = "magic", 4, 4
+        else:
+            self._state, self._need = "magic", 4
+        self.frames += 1
+
+    def _step(self) -> None:
+        buf, self._buf = self._buf, b""
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(buf, "little")
+            if magic == 0xFD2FB528:
+                self._state, self._need = "fhd", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skip-size", 4
+            elif not any(buf):
+                raise InputError(f"{self.what}: NUL bytes after zstd data")
+            else:
+                raise InputError(f"{self.what}: corrupt zstd data (bad frame magic {buf.hex()})")
+        elif state == "skip-size":
+            self._skip = int.from_bytes(buf, "little")
+            self._state, self._need = "magic", 4
+            self.frames += 1 if self._skip == 0 else 0
+            if self._skip:
+                self._state = "skippable"
+                self._need = 4
+        elif state == "fhd":
+            fhd = buf[0]
+            fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+            self._checksum = bool((fhd >> 2) & 1)
+            window = 0 if single else 1
+            dict_id = (0, 1, 2, 4)[dict_flag]
+            fcs = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
+            size = window + dict_id + fcs
+            if size:
+                self._state, self._need = "fh-rest", size
+            else:
+                self._state, self._need = "block", 3
+        elif state == "fh-rest":
+            self._state, self._need = "block", 3
+        elif state == "block":
+            header = int.from_bytes(buf, "little")
+            last, btype, bsize = header & 1, (header >> 1) & 3, header >> 3
+            if btype == 3:
+                raise InputError(f"{self.what}: corrupt zstd data (reserved block type)")
+            length = 1 if btype == 1 else bsize
+            self._state = "block-data-last" if last else "block-data"
+            self._skip = length
+            if length == 0:
+                if last:
+                    self._end_of_blocks()
+                else:
+                    self._state, self._need = "block", 3
 
 
 _EOF = object()
@@ -194,18 +295,31 @@ class DecompressingReader:
         elif self.kind == ZSTD:
             import zstandard
 
+            frames = ZstdFrames(self.what)
+
             class _Raw:
                 def __init__(self, read: Callable[[int], bytes]) -> None:
-                    self.read = read
+                    self._read = read
 
+                def read(self, n: int) -> bytes:
+                    chunk = self._read(n)
+                    frames.feed(chunk)
+                    return chunk
+
+            raw = _Raw(self._raw_read)
             dctx = zstandard.ZstdDecompressor(max_window_size=1 << 30)
-            reader = dctx.stream_reader(_Raw(self._raw_read), read_size=PIECE, read_across_frames=True)
+            reader = dctx.stream_reader(raw, read_size=PIECE, read_across_frames=True)
             try:
                 while True:
                     out = reader.read(PIECE)
                     if not out:
-                        return
+                        break
                     yield out
+                while raw.read(PIECE):  # anything the reader left must still be whole frames
+                    pass
+                if not frames.complete:
+                    raise IntegrityError(f"{self.what}: truncated zstd data (stream ends mid-frame)")
+                return
             except zstandard.ZstdError as exc:
                 msg = str(exc)
                 if "incomplete" in msg or "truncat" in msg or "end of" in msg:

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from . import compression
 from .digest import Expectation, parse_digest
-from .errors import ConverterError, IntegrityError, LimitError
+from .errors import ConverterError, InputError, IntegrityError, LimitError
 from .image import FileRegion, Layer
 from .tar.reader import FileSource
 
@@ -174,7 +174,25 @@ class LayerReading:
         self._raw_exp = raw_exp
         self._diff_exp = diff_exp
         self._stream = compression.DecompressingReader(self.compression, raw_read, what=what, on_output=on_output)
-        self.source = _StreamSource(self._stream)
+        self.source = _StreamSource(self._stream, self._blame_blob)
+
+    def _blame_blob(self, exc: InputError) -> None:
+        """A decompression error on a blob whose digest is known: if the stored bytes do
+        not match their digest, that is the real (integrity) error to report."""
+        if self._raw_exp is None or self._raw_exp.hasher is None:
+            return
+        self._stream.close()  # the producer has stopped after the error
+        try:
+            while True:
+                chunk = self._raw.read(1 << 20)
+                if not chunk:
+                    break
+                self._raw_exp.update(chunk)
+            self._raw_exp.check()
+        except IntegrityError as integrity:
+            raise integrity from exc
+        except (OSError, InputError):
+            return
 
     def check_declared(self, end_offset: int, limits: Limits) -> None:
         """Bomb check from headers alone: a 20 GiB entry in a 1 MB layer fails at once."""
@@ -233,15 +251,29 @@ def _expectations(layer: Layer, *, same_bytes: bool, size: int) -> list[Expectat
 
 
 class _StreamSource:
-    """ByteSource over a DecompressingReader (skips by reading: every byte must be hashed)."""
+    """ByteSource over a DecompressingReader (skips by reading: every byte must be hashed).
+    Corrupt compressed data is first checked against the blob digest (``blame``)."""
 
-    def __init__(self, stream: compression.DecompressingReader) -> None:
+    def __init__(self, stream: compression.DecompressingReader, blame: Callable[[InputError], None]) -> None:
         self._s = stream
+        self._blame = blame
 
     def readinto(self, b: memoryview) -> int:
-        return self._s.readinto(b)
+        try:
+            return self._s.readinto(b)
+        except IntegrityError:
+            raise
+        except InputError as exc:
+            self._blame(exc)
+            raise
 
     def skip(self, n: int) -> int:
-        return self._s.skip(n)
+        try:
+            return self._s.skip(n)
+        except IntegrityError:
+            raise
+        except InputError as exc:
+            self._blame(exc)
+            raise
 
 

@@ -88,8 +88,11 @@ class TarArchive:
         limit for cycles.  Names outside the archive (``..``, absolute) are refused."""
         raw = name.encode() if isinstance(name, str) else name
         if raw.startswith(b"/"):
-            raise InputError(f"{self.label}: {what} {show(raw)} is an absolute path")
-        current = join(split_name(raw, what=f"{self.label}: {what}"))
+            raise InputError(f"{self.label}: {what} {show(raw)} points outside the archive (absolute path)")
+        try:
+            current = join(split_name(raw, what=""))
+        except InputError:
+            raise InputError(f"{self.label}: {what} {show(raw)} points outside the archive") from None
         for _ in range(MAX_LINK_HOPS):
             member = self.members.get(current)
             if member is None:

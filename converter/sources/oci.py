@@ -13,6 +13,7 @@ from ..errors import InputError, NotFoundError
 from ..image import Image, Layer, Platform
 from ..manifests import (
     CONTAINERD_NAME,
+    INDEX_TYPES,
     REF_NAME,
     Descriptor,
     choose_platform,
@@ -21,6 +22,7 @@ from ..manifests import (
     descriptor,
     index_entries,
     kind_of,
+    ref_matches,
     select_by_ref,
 )
 from .blobstore import BlobStore
@@ -46,14 +48,25 @@ def image_from_layout(
     entries = index_entries(index, what=f"{store.label}: index.json")
     top = [e for e in entries if not e.is_attestation]
     candidates = [(_names(e), e) for e in top]
-    names = {tuple(n) for n, _ in candidates}
-    if ref is None and len(candidates) > 1 and len(names) == 1:
-        # one image (or none named) stored as several platform manifests side by side
-        chosen_ref = candidates[0][0][0] if candidates[0][0] else None
-        desc = choose_platform(top, platform, what=f"{store.label}: index.json")
-    else:
-        chosen_ref, desc = select_by_ref(candidates, ref, what=store.label)
+    matching = [e for names, e in candidates if ref is None or any(ref_matches(ref, n) for n in names)]
+    if len(matching) > 1 and _platform_variants(matching):
+        # one image stored as several platform manifests side by side (e.g. buildx oci output)
+        names = _names(matching[0])
+        desc = choose_platform(matching, platform, what=f"{store.label}: index.json")
+        return resolve_descriptor(store, desc, ref=ref or (names[0] if names else None), platform=platform,
+                                  source=source, fmt=fmt)
+    chosen_ref, desc = select_by_ref(candidates, ref, what=store.label)
     return resolve_descriptor(store, desc, ref=chosen_ref, platform=platform, source=source, fmt=fmt)
+
+
+def _platform_variants(entries: list[Descriptor]) -> bool:
+    """Several index entries are one image's platforms only when each declares a platform,
+    the platforms differ, and they share one name (or none): otherwise they are different
+    images, and choosing among them without a reference is ambiguous (EDGE-CASES 5)."""
+    platforms = [e.platform for e in entries]
+    if any(p is None for p in platforms) or len(set(platforms)) != len(platforms):
+        return False
+    return len({tuple(_names(e)) for e in entries}) == 1
 
 
 def _names(d: Descriptor) -> list[str]:
@@ -74,15 +87,35 @@ def resolve_descriptor(
     source: str,
     fmt: str,
 ) -> Image:
-    for _depth in range(MAX_INDEX_DEPTH):
-        what = f"manifest {desc.digest}"
-        doc = store.read_json_blob(desc.digest, desc.size, what="manifest")
-        kind = kind_of(doc, desc.media_type, what=f"{store.label}: {what}")
-        if kind == "manifest":
-            return image_from_manifest(store, doc, desc.digest, ref=ref, source=source, fmt=fmt)
-        desc = choose_platform(index_entries(doc, what=f"{store.label}: index {desc.digest}"), platform,
-                               what=f"{store.label}: index {desc.digest}")
-    raise InputError(f"{store.label}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+    doc = store.read_json_blob(desc.digest, desc.size, what="manifest")
+    kind = kind_of(doc, desc.media_type, what=f"{store.label}: manifest {desc.digest}")
+    if kind == "manifest":
+        return image_from_manifest(store, doc, desc.digest, ref=ref, source=source, fmt=fmt)
+    what = f"{store.label}: index {desc.digest}"
+    manifests = _flatten_index(store, doc, what=what, depth=0)
+    chosen = choose_platform(manifests, platform, what=what)
+    doc = store.read_json_blob(chosen.digest, chosen.size, what="manifest")
+    if kind_of(doc, chosen.media_type, what=f"{store.label}: manifest {chosen.digest}") != "manifest":
+        raise InputError(f"{store.label}: {chosen.digest} is listed as an image but is an index")
+    return image_from_manifest(store, doc, chosen.digest, ref=ref, source=source, fmt=fmt)
+
+
+def _flatten_index(store: BlobStore, doc: dict[str, Any], *, what: str, depth: int) -> list[Descriptor]:
+    """The image manifests an index lists, nested indexes expanded (EDGE-CASES 8): a
+    nested index's entries carry the platforms, the entry pointing at it usually none."""
+    if depth >= MAX_INDEX_DEPTH:
+        raise InputError(f"{what}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+    out: list[Descriptor] = []
+    for entry in index_entries(doc, what=what):
+        if entry.is_attestation:
+            continue
+        if entry.media_type in INDEX_TYPES:
+            nested = store.read_json_blob(entry.digest, entry.size, what="index")
+            if kind_of(nested, entry.media_type, what=f"{store.label}: index {entry.digest}") == "index":
+                out.extend(_flatten_index(store, nested, what=f"{store.label}: index {entry.digest}", depth=depth + 1))
+                continue
+        out.append(entry)
+    return out
 
 
 def image_from_manifest(
