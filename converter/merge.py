@@ -213,7 +213,9 @@ class Merger:
         self.root.implied = True
         self.entries_seen = 0
         self._spool: Optional[_Spool] = None
-        self._touched: set[tuple[int, bytes]] = set()
+        # (id(dir), name) -> None when this layer wrote the name itself, else the mtime of
+        # the entry that made it an ancestor of something written (for implied metadata)
+        self._touched: dict[tuple[int, bytes], Optional[int]] = {}
         self._keepalive: list[Node] = []
         self._plink: dict[bytes, Node] = {}
         self._layer_label = ""
@@ -221,12 +223,12 @@ class Merger:
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
-        self._touched = set()
+        self._touched = {}
         self._keepalive = []
         self._plink = {}
         self._layer_label = layer.label
         self._layer_index = layer.index
-        deferred: list[tuple[TarEntry, Parts]] = []
+        deferred: dict[Parts, TarEntry] = {}
         # in place, data is skipped by seeking: a small buffer avoids reading it anyway
         reader = TarReader(reading.source, name=layer.label, buffer_size=(64 << 10) if reading.region else (1 << 20))
         limits = self.options.limits
@@ -253,9 +255,18 @@ class Merger:
         reader.finish()
         stats.uncompressed = reader.offset
         reading.finish()
-        for entry, parts in deferred:
-            self._hardlink(entry, parts, final=True)
-        self._touched = set()
+        # links that came before their target (EDGE-CASES 48): retry until nothing changes,
+        # so chains of such links resolve; what is still missing then is an error
+        while deferred:
+            progress_made = False
+            for parts, entry in list(deferred.items()):
+                if self._hardlink(entry, parts, final=False):
+                    del deferred[parts]
+                    progress_made = True
+            if not progress_made:
+                parts, entry = next(iter(deferred.items()))
+                self._hardlink(entry, parts, final=True)
+        self._touched = {}
         self._keepalive = []
         self._plink = {}
 
@@ -267,7 +278,7 @@ class Merger:
     def _what(self, entry: TarEntry) -> str:
         return f"{self._layer_label}: entry {show(entry.name)}"
 
-    def _apply(self, entry: TarEntry, deferred: list) -> Optional[Node]:
+    def _apply(self, entry: TarEntry, deferred: dict) -> Optional[Node]:
         """Apply one header; returns the new regular-file node whose data must be located."""
         try:
             parts = split_name(entry.name, what="")
@@ -276,20 +287,23 @@ class Merger:
         if not parts:
             return self._root_entry(entry)
         base = parts[-1]
-        if base.startswith(WH) and not self.options.keep_whiteouts:
+        keep_wh = self.options.keep_whiteouts
+        if base.startswith(WH) and not keep_wh:
             self._whiteout(entry, parts)
             return None
-        if any(p.startswith(WH_META) for p in parts[:-1]):
+        if not keep_wh and any(p.startswith(WH) for p in parts[:-1]):
             if parts[0] == WH_PLINK and len(parts) == 2 and entry.type == b"0":
                 node = self._new_node(entry, REG)
                 self._plink[parts[1]] = node
                 return node
-            self.events.decide("skip", f"{join(parts)!r}: AUFS metadata")
+            # inside AUFS metadata or inside a whiteout marker: never part of the tree
+            self.events.decide("skip", f"{show(parts)}: under a whiteout/AUFS marker")
             return None
+        deferred.pop(parts, None)  # a later entry for the same name replaces a pending link
         etype = entry.type
         if etype == b"1":
             if not self._hardlink(entry, parts, final=False):
-                deferred.append((entry, parts))
+                deferred[parts] = entry
             return None
         kind = _TYPES.get(etype)
         if kind is None:
@@ -303,7 +317,7 @@ class Merger:
             return None
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         assert parent is not None and parent.children is not None
-        self._touch(parent, base)
+        self._touch(parent, base, None)
         existing = parent.children.get(base)
         if kind == DIR:
             if existing is not None and existing.kind == DIR:
@@ -346,8 +360,12 @@ class Merger:
         node.mtime_ns = entry.mtime_ns
         node.xattrs = dict(entry.xattrs) if entry.xattrs else _NO_XATTRS
 
-    def _touch(self, parent: Node, name: bytes) -> None:
-        self._touched.add((id(parent), name))
+    def _touch(self, parent: Node, name: bytes, implied_mtime: Optional[int]) -> None:
+        key = (id(parent), name)
+        if implied_mtime is None:
+            self._touched[key] = None
+        elif key not in self._touched:
+            self._touched[key] = implied_mtime
         self._keepalive.append(parent)
 
     # ----- resolution -------------------------------------------------------------------
@@ -384,8 +402,6 @@ class Merger:
                 hops += 1
                 if hops > MAX_HOPS:
                     raise UnsafeEntryError(f"{self._what(entry)}: too many levels of symbolic links (ELOOP)")
-                if touch:
-                    self._touch(cur, name)
                 target = child.linkname
                 if target.startswith(b"/"):
                     del stack[1:]
@@ -403,7 +419,7 @@ class Merger:
                 child.implied = True
                 children[name] = child
             if touch:
-                self._touch(cur, name)
+                self._touch(cur, name, entry.mtime_ns)
             stack.append(child)
         return stack[-1]
 
@@ -438,7 +454,9 @@ class Merger:
         self.events.decide("whiteout", f"{show(parts[:-1] + (target,))}: removed")
 
     def _hide_lower(self, directory: Node) -> None:
-        """Remove every descendant of ``directory`` that this layer did not write."""
+        """Remove every descendant of ``directory`` that this layer did not write.  A lower
+        directory this layer only wrote *into* becomes what it would be had the marker come
+        first: an implied directory (rule 2: position in the stream does not matter)."""
         stack = [directory]
         touched = self._touched
         while stack:
@@ -446,9 +464,14 @@ class Merger:
             assert d.children is not None
             for name in list(d.children):
                 child = d.children[name]
-                if (id(d), name) not in touched:
+                key = (id(d), name)
+                if key not in touched:
                     del d.children[name]
                 elif child.kind == DIR:
+                    implied_mtime = touched[key]
+                    if implied_mtime is not None and not child.implied:
+                        child.mode, child.uid, child.gid = IMPLIED_MODE, 0, 0
+                        child.mtime_ns, child.xattrs, child.implied = implied_mtime, _NO_XATTRS, True
                     stack.append(child)
 
     # ----- hard links -------------------------------------------------------------------
@@ -475,7 +498,7 @@ class Merger:
             raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which is a directory")
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         assert parent is not None and parent.children is not None
-        self._touch(parent, parts[-1])
+        self._touch(parent, parts[-1], None)
         parent.children[parts[-1]] = target
         return True
 

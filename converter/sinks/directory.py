@@ -138,36 +138,45 @@ class DirectoryWriter:
     def write(self) -> None:
         dirs: list[tuple[Parts, Node]] = []
         heads: dict[int, Parts] = {}
-        ids = self.options.ids
-        identity = ids.identity
+        identity = self.options.ids.identity
         for parts, node in self.plan.walk():
-            parent_fd = self.fds.get(parts[:-1])
-            name = parts[-1]
-            self.result.entries += 1
-            kind = node.kind
-            if kind == DIR:
-                os.mkdir(name, 0o700, dir_fd=parent_fd)
-                dirs.append((parts, node))
-                self.result.dirs += 1
-                continue
-            head = heads.get(id(node))
-            if head is not None:
-                os.link(head[-1], name, src_dir_fd=self.fds.get(head[:-1]), dst_dir_fd=parent_fd, follow_symlinks=False)
-                self.result.links += 1
-                continue
-            uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
-            if kind == REG:
-                self._file(parent_fd, name, parts, node, uid, gid)
-            elif kind == LNK:
-                self._symlink(parent_fd, name, parts, node, uid, gid)
-            else:
-                if not self._special(parent_fd, name, parts, node, uid, gid):
-                    continue
-            heads[id(node)] = parts
+            try:
+                self._entry(parts, node, dirs, heads, identity)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise OutputError(f"output {show(parts)}: no space left on the device") from None
+                raise OutputError(f"output {show(parts)}: cannot create: {exc.strerror}") from None
         for parts, node in reversed(dirs):
-            fd = self.fds.get(parts)
-            self._dir_meta(fd, parts, node)
+            try:
+                self._dir_meta(self.fds.get(parts), parts, node)
+            except OSError as exc:
+                raise OutputError(f"output {show(parts)}: cannot set metadata: {exc.strerror}") from None
         self._dir_meta(self.root_fd, (), self.plan.root)
+
+    def _entry(self, parts: Parts, node: Node, dirs: list, heads: dict, identity: bool) -> None:
+        ids = self.options.ids
+        parent_fd = self.fds.get(parts[:-1])
+        name = parts[-1]
+        self.result.entries += 1
+        kind = node.kind
+        if kind == DIR:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            dirs.append((parts, node))
+            self.result.dirs += 1
+            return
+        head = heads.get(id(node))
+        if head is not None:
+            os.link(head[-1], name, src_dir_fd=self.fds.get(head[:-1]), dst_dir_fd=parent_fd, follow_symlinks=False)
+            self.result.links += 1
+            return
+        uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+        if kind == REG:
+            self._file(parent_fd, name, parts, node, uid, gid)
+        elif kind == LNK:
+            self._symlink(parent_fd, name, parts, node, uid, gid)
+        elif not self._special(parent_fd, name, parts, node, uid, gid):
+            return
+        heads[id(node)] = parts
 
     # ----- kinds ------------------------------------------------------------------------
     def _file(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
