@@ -13,7 +13,7 @@ from .errors import UsageError
 from .ids import IdMap, IdMapper, IdRange, read_subid_file
 from .image import Image, Layer, Platform
 from .layerstream import Limits
-from .merge import Events, MergeOptions, Plan, build_plan
+from .merge import Events, LayerStats, MergeOptions, Plan, build_plan
 from .select import select_layers
 from .sinks.directory import DirectoryOptions, write_directory
 from .sinks.tar import TarOptions, write_tar
@@ -35,6 +35,9 @@ class ConvertResult:
     source_format: str
     warnings: dict[str, int] = field(default_factory=dict)
     events: Optional[Events] = None
+    platform: Optional[str] = None
+    source: str = ""
+    layers: list[LayerStats] = field(default_factory=list)
 
 
 def make_id_mapper(
@@ -138,6 +141,10 @@ def convert(
     out = os.fspath(output)
     events = events or Events()
     mapper = make_id_mapper(uid_map, gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid, subid_files=subid_files)
+    mapper.on_fallback = lambda kind, value, where: events.warn(
+        "unmapped-id", f"{where}: {kind} {value} is outside every map range; written as {unmapped_id}",
+        path=where.removeprefix("output ").strip("'"),
+    )
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
     if source_date_epoch is None and reproducible:
         env = os.environ.get("SOURCE_DATE_EPOCH")
@@ -186,6 +193,7 @@ def convert(
             layers_applied=[layer.index for layer in chosen],
             reference=image.reference, manifest_digest=image.manifest_digest, config_digest=image.config_digest,
             source_format=image.format, warnings=dict(events.counts), events=events,
+            platform=str(image.platform) if image.platform else None, source=image.source, layers=plan.layers,
         )
 
 

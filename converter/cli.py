@@ -139,6 +139,7 @@ def convert(
     path: List[str] = typer.Option([], "--path", help="Only this path (glob allowed) and its parents; repeatable."),
     with_deps: bool = typer.Option(False, "--with-deps", help="With --path: add the shared libraries ELF files need (found as the dynamic loader would)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write a JSON report of what was done (- for stdout)."),
     keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
@@ -161,6 +162,8 @@ def convert(
         events = Events()
         if verbose:
             events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
+        if report == "-" and flatten == "-":
+            raise UsageError("--report - and --flatten - cannot both use stdout")
         progress = _Progress(enabled=not quiet)
         try:
             result = do_convert(
@@ -172,8 +175,18 @@ def convert(
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
                 paths=path, with_deps=with_deps, bundle=bundle is not None,
             )
-        finally:
+        except BaseException as exc:
             progress.stop()
+            if report:
+                from .report import error_report, write_report
+
+                write_report(error_report(exc, spec=source, events=events), report)
+            raise
+        progress.stop()
+        if report:
+            from .report import success_report, write_report
+
+            write_report(success_report(result, spec=source), report)
         if not quiet:
             _summary(result)
 
@@ -407,3 +420,58 @@ def inspect_command(
             console.print(f"  ({empties} history steps made no layer)")
 
     run_guarded(body)
+
+
+@app.command(
+    name="diff",
+    epilog=(
+        "[b]Examples[/b]\n\n"
+        "  rootfs diff app-1.0.tar app-1.1.tar\n\n"
+        "  rootfs diff oci:layout:v1 oci:layout:v2 --json\n\n"
+        "  rootfs diff docker-archive:a.tar oci-archive:b.tar && echo same tree\n\n"
+        "Exit status: 0 identical, 1 different, other codes: errors (as for convert)."
+    ),
+)
+def diff_command(
+    source_a: str = typer.Argument(..., help="First image spec."),
+    source_b: str = typer.Argument(..., help="Second image spec."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] for both."),
+    as_json: bool = typer.Option(False, "--json", help="{identical, added, removed, changed: [{path, changes}]}."),
+    debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
+) -> None:
+    """Show what differs between two images' merged views (like diff -r, without extracting)."""
+    _state.update(debug=debug)
+
+    def body() -> int:
+        import json
+
+        from .api import plan_image
+        from .listing import escape
+        from .sources import open_image
+        from .treediff import diff_plans
+
+        with open_image(source_a, platform=platform) as ia, open_image(source_b, platform=platform) as ib:
+            pa = plan_image(ia)
+            pb = plan_image(ib)
+            try:
+                pa.verify()
+                pb.verify()
+                d = diff_plans(pa, pb)
+            finally:
+                pa.close()
+                pb.close()
+        if as_json:
+            json.dump(d.to_json(), sys.stdout, indent=1, ensure_ascii=False)
+            sys.stdout.write("\n")
+        else:
+            for p in d.removed:
+                print(f"- {escape(p)}")
+            for p in d.added:
+                print(f"+ {escape(p)}")
+            for p, changes in d.changed:
+                detail = ", ".join(f"{k} {v[0]} -> {v[1]}" if k != "content" else "content" for k, v in changes.items())
+                print(f"~ {escape(p)}  ({detail})")
+        return 0 if d.identical else 1
+
+    code = run_guarded(body)
+    raise typer.Exit(code)

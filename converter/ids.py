@@ -7,7 +7,7 @@ parent directories and the root directory alike — so nothing escapes the mappi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import UsageError, InputError
 
@@ -43,13 +43,15 @@ class IdMap:
             if a.container + a.size > b.container:
                 raise UsageError(f"--{self.kind}-map ranges overlap: {a.container}:{a.host}:{a.size} and {b.container}:{b.host}:{b.size}")
 
-    def map(self, value: int, *, where: str = "") -> int:
+    def map(self, value: int, *, where: str = "", on_fallback: Optional[Callable[[str, int, str], None]] = None) -> int:
         if not self.ranges:
             return value
         for r in self.ranges:
             if r.container <= value < r.container + r.size:
                 return r.host + (value - r.container)
         if self.unmapped is not None:
+            if on_fallback is not None:
+                on_fallback(self.kind, value, where)
             return self.unmapped
         raise InputError(f"{where}: {self.kind} {value} is outside every --{self.kind}-map range (use --unmapped-id)")
 
@@ -60,6 +62,8 @@ class IdMapper:
     gids: IdMap = field(default_factory=lambda: IdMap(kind="gid"))
     #: --owner U:G: every entry gets this owner (after which no map applies)
     owner: Optional[tuple[int, int]] = None
+    #: told about every id that fell back to --unmapped-id (for the report)
+    on_fallback: Optional[Callable[[str, int, str], None]] = None
 
     @property
     def identity(self) -> bool:
@@ -68,7 +72,8 @@ class IdMapper:
     def map(self, uid: int, gid: int, *, where: str) -> tuple[int, int]:
         if self.owner is not None:
             return self.owner
-        return self.uids.map(uid, where=where), self.gids.map(gid, where=where)
+        return (self.uids.map(uid, where=where, on_fallback=self.on_fallback),
+                self.gids.map(gid, where=where, on_fallback=self.on_fallback))
 
 
 def read_subid_file(path: str, user: str) -> list[IdRange]:

@@ -115,6 +115,8 @@ class LayerStats:
     entries: int = 0
     bytes_in: int = 0
     uncompressed: int = 0
+    digest: Optional[str] = None
+    diff_id: Optional[str] = None
 
 
 @dataclass
@@ -528,7 +530,8 @@ def build_plan(
         for layer in layers if layers is not None else image.layers:
             reading = LayerReading(layer, verify=options.verify, hash_pool=pool, limits=options.limits)
             readings.append(reading)
-            st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0)
+            st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0,
+                            digest=layer.digest, diff_id=layer.diff_id)
             stats.append(st)
             if options.progress:
                 options.progress("layer-start", {"layer": layer.index, "label": layer.label, "compression": reading.compression})

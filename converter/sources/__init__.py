@@ -56,9 +56,10 @@ def parse_spec(text: str, *, ref: Optional[str] = None) -> SourceSpec:
         path, _, embedded = text.partition(":")
         if path and os.path.exists(path):
             return SourceSpec(None, path, ref or embedded or None)
-    raise NotFoundError(
-        f"{text}: no such file or directory (to pull from a registry, write docker://{text})"
-    )
+    hint = ""
+    if not text.startswith(("/", ".", "~")) and "/" not in text.split(":", 1)[0][:1]:
+        hint = f" (to pull from a registry, write docker://{text})"
+    raise NotFoundError(f"{text}: no such file or directory{hint}")
 
 
 def open_image(
