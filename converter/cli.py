@@ -28,6 +28,25 @@ app = typer.Typer(
 
 _state: dict[str, Any] = {"debug": False, "quiet": False, "verbose": 0}
 
+# registry options, shared by every command that can read docker://REF
+CREDS = typer.Option(None, "--creds", envvar="ROOTFS_CREDS", help="Registry USER:PASS (default: docker/podman auth files).")
+AUTHFILE = typer.Option(None, "--authfile", envvar="REGISTRY_AUTH_FILE", help="Registry auth file (docker config.json format).")
+INSECURE = typer.Option(False, "--insecure", help="Allow plain HTTP and unverified TLS for the registry.")
+CERT_DIR = typer.Option(None, "--cert-dir", help="Directory with *.crt CAs and client.cert/client.key (docker certs.d layout).")
+CA_FILE = typer.Option(None, "--ca-file", help="Extra CA bundle for the registry.")
+
+
+def _registry_options(creds: Optional[str], authfile: Optional[str], insecure: bool, cert_dir: Optional[str],
+                      ca_file: Optional[str], progress: Optional[Callable] = None) -> Any:
+    from .registry import RegistryOptions
+
+    hook = None
+    if progress is not None:
+        def hook(event: str, **info: Any) -> None:
+            progress(event, info)
+    return RegistryOptions(creds=creds, auth_file=authfile, insecure=insecure, cert_dir=cert_dir, ca_file=ca_file,
+                           progress=hook)
+
 
 def _stderr_console():  # type: ignore[no-untyped-def]
     from rich.console import Console
@@ -140,6 +159,11 @@ def convert(
     with_deps: bool = typer.Option(False, "--with-deps", help="With --path: add the shared libraries ELF files need (found as the dynamic loader would)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
     report: Optional[str] = typer.Option(None, "--report", help="Write a JSON report of what was done (- for stdout)."),
+    creds: Optional[str] = CREDS,
+    authfile: Optional[str] = AUTHFILE,
+    insecure: bool = INSECURE,
+    cert_dir: Optional[str] = CERT_DIR,
+    ca_file: Optional[str] = CA_FILE,
     keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
@@ -174,6 +198,7 @@ def convert(
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
                 paths=path, with_deps=with_deps, bundle=bundle is not None,
+                registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
             )
         except BaseException as exc:
             progress.stop()
@@ -205,21 +230,37 @@ class _Progress:
         if not self.enabled:
             return
         if self._progress is None:
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
             self._progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[entries]} entries"),
-                TimeElapsedColumn(), console=_stderr_console(), transient=True,
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[entries]}"), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=_stderr_console(), transient=True,
             )
             self._progress.start()
         p = self._progress
         layer = info.get("layer", 0)
         if kind == "layer-start":
-            self._tasks[layer] = p.add_task(f"{info['label']} [{info['compression']}]", total=None, entries=0)
+            self._tasks[layer] = p.add_task(f"{info['label']} [{info['compression']}]", total=info.get("size"),
+                                            entries="0 entries")
         elif kind == "layer-entries" and layer in self._tasks:
-            p.update(self._tasks[layer], entries=info["entries"])
+            p.update(self._tasks[layer], entries=f"{info['entries']} entries", completed=info.get("bytes_in", 0))
         elif kind == "layer-done" and layer in self._tasks:
-            p.update(self._tasks[layer], entries=info["entries"], total=1, completed=1)
+            task = self._tasks[layer]
+            p.update(task, entries=f"{info['entries']} entries", completed=p.tasks[task].total or p.tasks[task].completed)
+        elif kind in ("blob-start", "blob-exists"):
+            digest = info.get("digest", "?")
+            size = info.get("size")
+            task = p.add_task(f"download {digest[:19]}", total=size, entries="")
+            self._tasks[digest] = task
+            if kind == "blob-exists":
+                p.update(task, completed=size or 0, entries="already present")
+        elif kind == "blob-bytes" and info.get("digest") in self._tasks:
+            p.advance(self._tasks[info["digest"]], info.get("n", 0))
+        elif kind == "blob-done" and info.get("digest") in self._tasks:
+            task = self._tasks[info["digest"]]
+            p.update(task, completed=p.tasks[task].total or p.tasks[task].completed)
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -475,3 +516,51 @@ def diff_command(
 
     code = run_guarded(body)
     raise typer.Exit(code)
+
+
+@app.command(
+    name="pull",
+    epilog=(
+        "[b]Examples[/b]\n\n"
+        "  rootfs pull alpine:3.20 --to oci:images:alpine     # then, offline: rootfs convert oci:images:alpine -o root\n\n"
+        "  rootfs pull docker://ghcr.io/org/app@sha256:... --to docker-archive:app.tar\n\n"
+        "  rootfs pull localhost:5000/app:1 --to oci:layout --all-platforms --insecure"
+    ),
+)
+def pull_command(
+    ref: str = typer.Argument(..., help="[docker://][REGISTRY/]NAME[:TAG][@DIGEST] (Docker Hub defaults)."),
+    to: str = typer.Option(..., "--to", help="oci:DIR[:TAG] (an OCI layout, blobs shared between images) or docker-archive:FILE."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] (default: this host)."),
+    all_platforms: bool = typer.Option(False, "--all-platforms", help="oci: only: keep the whole index, every platform."),
+    creds: Optional[str] = CREDS,
+    authfile: Optional[str] = AUTHFILE,
+    insecure: bool = INSECURE,
+    cert_dir: Optional[str] = CERT_DIR,
+    ca_file: Optional[str] = CA_FILE,
+    quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
+    debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
+) -> None:
+    """Copy an image from a registry into an OCI layout or a docker save archive, for offline use."""
+    _state.update(debug=debug, quiet=quiet)
+
+    def body() -> None:
+        from .image import Platform
+        from .registry import pull
+
+        progress = _Progress(enabled=not quiet)
+        try:
+            result = pull(
+                ref.removeprefix("docker://"), to, platform=Platform.parse(platform) if platform else None,
+                all_platforms=all_platforms,
+                options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
+            )
+        finally:
+            progress.stop()
+        if not quiet:
+            print(
+                f"pulled {result.reference} ({result.manifest_digest[:19]}…) to {result.destination}: "
+                f"{result.blobs_fetched} blobs fetched ({_human(result.bytes_fetched)}), {result.blobs_skipped} already present",
+                file=sys.stderr,
+            )
+
+    run_guarded(body)

@@ -113,6 +113,7 @@ class LayerReading:
         self.region: Optional[FileRegion] = None  # set when entry data can be read in place
         self.compression = compression.NONE
         self._box: Optional[list] = None
+        self._counters = {"raw": 0, "out": 0}
         self._stream: Optional[compression.DecompressingReader] = None
         self._expectations: list[Expectation] = []
         self.compressed_size = layer.size
@@ -170,11 +171,18 @@ class LayerReading:
                     f"raise --max-ratio or use 0 to disable)"
                 )
 
+        self._counters = counters
         self._raw = raw
         self._raw_exp = raw_exp
         self._diff_exp = diff_exp
         self._stream = compression.DecompressingReader(self.compression, raw_read, what=what, on_output=on_output)
         self.source = _StreamSource(self._stream, self._blame_blob)
+
+    def stored_bytes_read(self, tar_offset: int) -> int:
+        """How much of the stored blob has been consumed (for progress)."""
+        if self.region is not None:
+            return tar_offset
+        return self._counters["raw"]
 
     def _blame_blob(self, exc: InputError) -> None:
         """A decompression error on a blob whose digest is known: if the stored bytes do

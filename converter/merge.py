@@ -252,8 +252,9 @@ class Merger:
                     spool = self._spool or self._new_spool()
                     node.fd = spool.fd
                     node.offset = spool.append(reader.iter_data())
-            if progress is not None and stats.entries % 4096 == 0:
-                progress("layer-entries", {"layer": layer.index, "entries": stats.entries, "offset": reader.offset})
+            if progress is not None and stats.entries % 1024 == 0:
+                progress("layer-entries", {"layer": layer.index, "entries": stats.entries,
+                                           "bytes_in": reading.stored_bytes_read(reader.offset)})
         reader.finish()
         stats.uncompressed = reader.offset
         reading.finish()
@@ -534,7 +535,8 @@ def build_plan(
                             digest=layer.digest, diff_id=layer.diff_id)
             stats.append(st)
             if options.progress:
-                options.progress("layer-start", {"layer": layer.index, "label": layer.label, "compression": reading.compression})
+                options.progress("layer-start", {"layer": layer.index, "label": layer.label,
+                                                 "compression": reading.compression, "size": reading.compressed_size})
             try:
                 merger.apply_layer(layer, reading, st)
             finally:

@@ -90,7 +90,10 @@ def resolve_descriptor(
     doc = store.read_json_blob(desc.digest, desc.size, what="manifest")
     kind = kind_of(doc, desc.media_type, what=f"{store.label}: manifest {desc.digest}")
     if kind == "manifest":
-        return image_from_manifest(store, doc, desc.digest, ref=ref, source=source, fmt=fmt)
+        image = image_from_manifest(store, doc, desc.digest, ref=ref, source=source, fmt=fmt)
+        if platform is not None and image.platform is not None and not image.platform.matches(platform):
+            raise NotFoundError(f"{store.label}: the image is {image.platform}, not {platform}")
+        return image
     what = f"{store.label}: index {desc.digest}"
     manifests = _flatten_index(store, doc, what=what, depth=0)
     chosen = choose_platform(manifests, platform, what=what)

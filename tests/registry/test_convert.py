@@ -45,3 +45,26 @@ def test_convert_with_registry_options(env: Env, basic_registry, tmp_path: Path)
     convert(f"docker://{basic_registry.host}/test/app:v1", tmp_path / "out",
             registry_options=RegistryOptions(creds="alice:wonderland"))
     assert (tmp_path / "out" / "etc" / "hello").read_bytes() == b"bye\n"
+
+
+def test_cli_pull_then_convert_offline(env: Env, basic_registry, tmp_path: Path) -> None:
+    """The air-gapped workflow through the command line: pull with credentials into a
+    layout, then convert that layout with no registry involved."""
+    import os
+    import subprocess
+    import sys
+
+    def rootfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, text=True,
+                              env={**os.environ, "NO_COLOR": "1"})
+
+    layout = tmp_path / "carried"
+    r = rootfs("pull", f"{basic_registry.host}/test/app:v1", "--to", f"oci:{layout}:v1", "--creds", "alice:wonderland")
+    assert r.returncode == 0, r.stderr
+    assert "pulled" in r.stderr and "\x1b[" not in r.stderr
+    r = rootfs("convert", f"oci:{layout}:v1", "--flatten", str(tmp_path / "out.tar"), "-q")
+    assert r.returncode == 0, r.stderr
+    convert(f"oci:{env.images['app'].layout}:v1", tmp_path / "local.tar", flatten=True)
+    assert list_tar(tmp_path / "out.tar") == list_tar(tmp_path / "local.tar")
+    r = rootfs("pull", f"{basic_registry.host}/test/app:v1", "--to", f"oci:{layout}:v1")
+    assert r.returncode == 9 and r.stderr.startswith("rootfs: error:") and "alice" not in r.stderr
