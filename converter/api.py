@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import UsageError
-from .ids import IdMap, IdMapper, IdRange, read_subid_file
+from .ids import IdMap, IdMapper, IdRange, check_id, read_subid_file
 from .image import Image, Layer, Platform
 from .layerstream import Limits
 from .merge import Events, LayerStats, MergeOptions, Plan, build_plan
@@ -58,6 +58,10 @@ def make_id_mapper(
             fixed = (int(u), int(g))
         except ValueError:
             raise UsageError(f"--owner {owner!r}: expected UID:GID, e.g. 0:0") from None
+        check_id(fixed[0], what="--owner uid")
+        check_id(fixed[1], what="--owner gid")
+    if unmapped_id is not None:
+        check_id(unmapped_id, what="--unmapped-id")
     uranges = [IdRange.parse(r, what="--uid-map") for r in uid_map]
     granges = [IdRange.parse(r, what="--gid-map") for r in gid_map]
     if subuid is not None:

@@ -12,6 +12,16 @@ from typing import Callable, Optional
 from .errors import UsageError, InputError
 
 
+#: the largest valid uid/gid: (uid_t)-1 means "no change" to chown, so it is never an owner
+MAX_ID = (1 << 32) - 2
+
+
+def check_id(value: int, *, what: str) -> int:
+    if not 0 <= value <= MAX_ID:
+        raise UsageError(f"{what} {value}: ids must be 0..{MAX_ID}")
+    return value
+
+
 @dataclass(frozen=True)
 class IdRange:
     container: int
@@ -24,8 +34,8 @@ class IdRange:
             c, h, n = (int(x) for x in text.split(":"))
         except ValueError:
             raise UsageError(f"{what} {text!r}: expected CONTAINER:HOST:SIZE, e.g. 0:100000:65536") from None
-        if c < 0 or h < 0 or n <= 0 or c + n > 1 << 32 or h + n > 1 << 32:
-            raise UsageError(f"{what} {text!r}: ids must be >= 0, size > 0, and ranges within 32 bits")
+        if c < 0 or h < 0 or n <= 0 or c + n > MAX_ID + 1 or h + n > MAX_ID + 1:
+            raise UsageError(f"{what} {text!r}: ids must be 0..{MAX_ID} (4294967295 is not an id), size > 0")
         return cls(c, h, n)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -82,6 +83,9 @@ class Node:
 _NO_XATTRS: dict[str, bytes] = {}
 
 
+_EVENTS_LOCK = threading.Lock()
+
+
 @dataclass
 class Warning_:
     kind: str
@@ -99,8 +103,9 @@ class Events:
     counts: dict[str, int] = field(default_factory=dict)
 
     def warn(self, kind: str, message: str, *, path: Optional[str] = None, layer: Optional[int] = None) -> None:
-        self.warnings.append(Warning_(kind, message, path, layer))
-        self.counts[kind] = self.counts.get(kind, 0) + 1
+        with _EVENTS_LOCK:  # sinks warn from several writer threads
+            self.warnings.append(Warning_(kind, message, path, layer))
+            self.counts[kind] = self.counts.get(kind, 0) + 1
 
     def decide(self, what: str, detail: str) -> None:
         if self.verbose is not None:
@@ -222,12 +227,15 @@ class Merger:
         self._plink: dict[bytes, Node] = {}
         self._layer_label = ""
         self._layer_index = 0
+        self._pcache_key: Optional[Parts] = None  # last resolved parent (see _apply)
+        self._pcache_node: Optional[Node] = None
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
         self._touched = {}
         self._keepalive = []
         self._plink = {}
+        self._pcache_key = None
         self._layer_label = layer.label
         self._layer_index = layer.index
         deferred: dict[Parts, TarEntry] = {}
@@ -292,9 +300,10 @@ class Merger:
         base = parts[-1]
         keep_wh = self.options.keep_whiteouts
         if base.startswith(WH) and not keep_wh:
+            self._pcache_key = None
             self._whiteout(entry, parts)
             return None
-        if not keep_wh and any(p.startswith(WH) for p in parts[:-1]):
+        if not keep_wh and WH in entry.name and any(p.startswith(WH) for p in parts[:-1]):
             if parts[0] == WH_PLINK and len(parts) == 2 and entry.type == b"0":
                 node = self._new_node(entry, REG)
                 self._plink[parts[1]] = node
@@ -302,9 +311,11 @@ class Merger:
             # inside AUFS metadata or inside a whiteout marker: never part of the tree
             self.events.decide("skip", f"{show(parts)}: under a whiteout/AUFS marker")
             return None
-        deferred.pop(parts, None)  # a later entry for the same name replaces a pending link
+        if deferred:
+            deferred.pop(parts, None)  # a later entry for the same name replaces a pending link
         etype = entry.type
         if etype == b"1":
+            self._pcache_key = None
             if not self._hardlink(entry, parts, final=False):
                 deferred[parts] = entry
             return None
@@ -318,19 +329,31 @@ class Merger:
                     layer=self._layer_index,
                 )
             return None
-        parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
-        assert parent is not None and parent.children is not None
+        # entries come grouped by directory: reuse the last parent while nothing in this
+        # layer has replaced or removed a node (which could change what the path names)
+        dirparts = parts[:-1]
+        if dirparts == self._pcache_key:
+            parent = self._pcache_node
+        else:
+            parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
+            self._pcache_key, self._pcache_node = dirparts, parent
+        children = parent.children
+        assert children is not None
         self._touch(parent, base, None)
-        existing = parent.children.get(base)
+        existing = children.get(base)
         if kind == DIR:
-            if existing is not None and existing.kind == DIR:
-                self._set_meta(existing, entry)
-                existing.implied = False
-                return None
-            parent.children[base] = self._new_node(entry, DIR)
+            if existing is not None:
+                if existing.kind == DIR:
+                    self._set_meta(existing, entry)
+                    existing.implied = False
+                    return None
+                self._pcache_key = None
+            children[base] = self._new_node(entry, DIR)
             return None
+        if existing is not None:
+            self._pcache_key = None
         node = self._new_node(entry, kind)
-        parent.children[base] = node
+        children[base] = node
         return node if kind == REG else None
 
     def _root_entry(self, entry: TarEntry) -> None:

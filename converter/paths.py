@@ -15,6 +15,11 @@ def split_name(name: bytes, *, what: str) -> Parts:
     """``./a//b/`` -> ``(b"a", b"b")``; leading ``/`` dropped (the name is taken relative to
     the root).  A ``..`` component is refused rather than clamped: no real builder writes
     one, and clamping would silently put the entry somewhere the archive did not say."""
+    # fast path for the usual shapes (``a/b``, ``./a/b``, ``a/b/``): nothing to clean
+    n = name[2:] if name.startswith(b"./") else name
+    n = n.strip(b"/")
+    if n and b"//" not in n and b"/." not in n and n[0] != 46 and b"\0" not in n:  # 46 is "."
+        return tuple(n.split(b"/"))
     parts = []
     for part in name.split(b"/"):
         if not part or part == b".":

@@ -18,9 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import LimitError, OutputError
 from ..ids import IdMapper
@@ -31,6 +32,19 @@ from .atomic import check_destination, commit, ensure_parent, partial_name, remo
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAP = "security.capability"
+
+
+def detect_privileged() -> bool:
+    """Root that can give files any owner: euid 0 in a user namespace mapping more than one
+    id (``unshare -r`` maps only the caller: that is rootless, whatever id 0 says)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            total = sum(int(line.split()[2]) for line in f if line.strip())
+    except (OSError, ValueError, IndexError):
+        return True
+    return total > 1
 
 
 class DirFds:
@@ -130,70 +144,164 @@ class DirectoryWriter:
         self.options = options
         self.events = events
         self.fds = DirFds(root_fd)
-        self.privileged = options.privileged if options.privileged is not None else os.geteuid() == 0
+        self.privileged = options.privileged if options.privileged is not None else detect_privileged()
         self.result = DirResult(path="")
         self._xattr_warned: set[str] = set()
+        self._self_ids = (os.geteuid(), os.getegid())
+        self._skipped: set[int] = set()  # inodes not created (devices without privileges)
+        self._failed = False
+        self._count_lock = threading.Lock()
+        self.limit: Optional[int] = options.max_size
+        self.free: Optional[int] = None
 
     # ----- driver -----------------------------------------------------------------------
     def write(self) -> None:
+        """Directories first (one thread, parents before children), then every other inode
+        by a few threads (the work is syscalls, which run in parallel), then hard links,
+        then directory metadata deepest first."""
         dirs: list[tuple[Parts, Node]] = []
+        jobs: list[tuple[Parts, list[tuple[bytes, Node]]]] = []
+        links: list[tuple[int, Parts, Parts]] = []
         heads: dict[int, Parts] = {}
-        identity = self.options.ids.identity
-        for parts, node in self.plan.walk():
+        result = self.result
+        stack: list[tuple[Parts, Node]] = [((), self.plan.root)]
+        while stack:
+            dparts, d = stack.pop()
+            dfd = self.fds.get(dparts)
+            assert d.children is not None
+            batch: list[tuple[bytes, Node]] = []
+            for name, node in d.children.items():
+                result.entries += 1
+                if node.kind == DIR:
+                    parts = dparts + (name,)
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=dfd)
+                    except OSError as exc:
+                        raise _os_error(parts, exc, "create") from None
+                    dirs.append((parts, node))
+                    stack.append((parts, node))
+                    result.dirs += 1
+                    continue
+                key = id(node)
+                head = heads.get(key)
+                if head is None:
+                    heads[key] = dparts + (name,)
+                    batch.append((name, node))
+                    if len(batch) >= _BATCH:
+                        jobs.append((dparts, batch))
+                        batch = []
+                else:
+                    links.append((key, head, dparts + (name,)))
+            if batch:
+                jobs.append((dparts, batch))
+        self._run_jobs(jobs)
+        for key, head, parts in links:
+            if key in self._skipped:
+                continue
             try:
-                self._entry(parts, node, dirs, heads, identity)
+                os.link(head[-1], parts[-1], src_dir_fd=self.fds.get(head[:-1]),
+                        dst_dir_fd=self.fds.get(parts[:-1]), follow_symlinks=False)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise OutputError(f"output {show(parts)}: no space left on the device") from None
-                raise OutputError(f"output {show(parts)}: cannot create: {exc.strerror}") from None
+                raise _os_error(parts, exc, "link") from None
+            result.links += 1
         for parts, node in reversed(dirs):
             try:
                 self._dir_meta(self.fds.get(parts), parts, node)
             except OSError as exc:
-                raise OutputError(f"output {show(parts)}: cannot set metadata: {exc.strerror}") from None
+                raise _os_error(parts, exc, "set metadata on") from None
         self._dir_meta(self.root_fd, (), self.plan.root)
 
-    def _entry(self, parts: Parts, node: Node, dirs: list, heads: dict, identity: bool) -> None:
+    def _run_jobs(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]]) -> None:
+        workers = min(_WORKERS, len(jobs))
+        if workers <= 1:
+            self._worker(iter(jobs), self.fds)
+            return
+        feed = iter(jobs)
+        lock = threading.Lock()
+
+        def locked_feed() -> Iterator[tuple[Parts, list[tuple[bytes, Node]]]]:
+            while True:
+                with lock:
+                    job = next(feed, None)
+                if job is None or self._failed:
+                    return
+                yield job
+
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            fds = DirFds(self.root_fd, capacity=64)
+            try:
+                self._worker(locked_feed(), fds)
+            except BaseException as exc:  # re-raised in the main thread
+                self._failed = True
+                errors.append(exc)
+            finally:
+                fds.close()
+
+        threads = [threading.Thread(target=run, name=f"write-{i}", daemon=True) for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _worker(self, jobs: Iterator[tuple[Parts, list[tuple[bytes, Node]]]], fds: DirFds) -> None:
+        identity = self.options.ids.identity
         ids = self.options.ids
-        parent_fd = self.fds.get(parts[:-1])
-        name = parts[-1]
-        self.result.entries += 1
-        kind = node.kind
-        if kind == DIR:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-            dirs.append((parts, node))
-            self.result.dirs += 1
-            return
-        head = heads.get(id(node))
-        if head is not None:
-            os.link(head[-1], name, src_dir_fd=self.fds.get(head[:-1]), dst_dir_fd=parent_fd, follow_symlinks=False)
-            self.result.links += 1
-            return
-        uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
-        if kind == REG:
-            self._file(parent_fd, name, parts, node, uid, gid)
-        elif kind == LNK:
-            self._symlink(parent_fd, name, parts, node, uid, gid)
-        elif not self._special(parent_fd, name, parts, node, uid, gid):
-            return
-        heads[id(node)] = parts
+        for dparts, batch in jobs:
+            dfd = fds.get(dparts)
+            for name, node in batch:
+                parts = dparts + (name,)
+                try:
+                    uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+                    kind = node.kind
+                    if kind == REG:
+                        self._file(dfd, name, parts, node, uid, gid)
+                    elif kind == LNK:
+                        self._symlink(dfd, name, parts, node, uid, gid)
+                    elif not self._special(dfd, name, parts, node, uid, gid):
+                        self._skipped.add(id(node))
+                except OSError as exc:
+                    raise _os_error(parts, exc, "create") from None
 
     # ----- kinds ------------------------------------------------------------------------
     def _file(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
-        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+        # The writer runs with umask 0, so a file created with its final permission bits
+        # needs no chmod; chown (which clears setuid/setgid) and the special bits still go
+        # in the prescribed order: write, chown, chmod.
+        mode = node.mode
+        chown = self.privileged and (uid, gid) != self._self_ids
+        xattrs = self._with_ids(node.xattrs, uid, gid)
+        simple = not chown and not mode & 0o7000 and not xattrs
+        fd = os.open(name, _FILE_FLAGS, (mode & 0o777) if simple else 0o600, dir_fd=parent_fd)
         try:
             if node.size:
                 self._copy(fd, node, parts)
-            if self.privileged:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, node.mode)
-            xattrs = self._with_ids(node.xattrs, uid, gid)
-            if xattrs:
+            if chown:
+                self._fchown(fd, uid, gid, parts)
+            if xattrs and not self.privileged:
+                # without privileges, setting user.* needs write permission: before chmod
+                self._xattrs(fd, None, parts, xattrs)
+            if not simple:
+                os.fchmod(fd, mode)
+            if xattrs and self.privileged:
                 self._xattrs(fd, None, parts, xattrs)
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
         finally:
             os.close(fd)
-        self.result.files += 1
+        with self._count_lock:
+            self.result.files += 1
+
+    def _fchown(self, fd: int, uid: int, gid: int, parts: Parts) -> None:
+        try:
+            os.fchown(fd, uid, gid)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # a user namespace without this id: keep the file, say what could not be done
+            self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
 
     def _with_ids(self, xattrs: dict[str, bytes], uid: int, gid: int, extra: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
         """Add the rootless owner record when ids could not be applied and the user asked."""
@@ -208,9 +316,12 @@ class DirectoryWriter:
 
     def _copy(self, out_fd: int, node: Node, parts: Parts) -> None:
         stored = node.stored_size
-        self.result.bytes += stored
-        if self.options.max_size is not None and self.result.bytes > self.options.max_size:
-            raise LimitError(f"output {show(parts)}: more than --max-size {self.options.max_size} bytes")
+        with self._count_lock:
+            self.result.bytes += stored
+        if self.limit is not None and self.result.bytes > self.limit:
+            raise LimitError(f"output {show(parts)}: the image writes more than --max-size {self.limit} bytes")
+        if self.free is not None and self.result.bytes > self.free:
+            raise OutputError(f"output {show(parts)}: the image does not fit in the {self.free} bytes free at the destination")
         if node.sparse is None:
             _sendfile_all(out_fd, node.fd, node.offset, node.size, parts)
             return
@@ -225,7 +336,12 @@ class DirectoryWriter:
     def _symlink(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
         os.symlink(node.linkname, name, dir_fd=parent_fd)
         if self.privileged:
-            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            try:
+                os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
         if node.xattrs:
             self._xattrs(None, (parent_fd, name), parts, node.xattrs)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
@@ -246,11 +362,11 @@ class DirectoryWriter:
             if self.options.devices == "empty":
                 fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
                 try:
-                    os.fchmod(fd, node.mode)
                     dev = {DEVICE_XATTR: f"{kind}:{node.major}:{node.minor}".encode()}
                     xattrs = self._with_ids(node.xattrs, uid, gid, dev)
                     if xattrs:
                         self._xattrs(fd, None, parts, xattrs)
+                    os.fchmod(fd, node.mode)
                     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
                 finally:
                     os.close(fd)
@@ -259,7 +375,12 @@ class DirectoryWriter:
             self.events.warn("device-skipped", f"{show(parts)}: device node skipped (needs root/CAP_MKNOD)", path=_p(parts))
             return False
         if self.privileged:
-            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            try:
+                os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
         os.chmod(name, node.mode, dir_fd=parent_fd)  # a node we just made: not a symlink
         xattrs = self._with_ids(node.xattrs, uid, gid)
         if xattrs:
@@ -270,10 +391,12 @@ class DirectoryWriter:
     def _dir_meta(self, fd: int, parts: Parts, node: Node) -> None:
         uid, gid = self.options.ids.map(node.uid, node.gid, where=f"output {show(parts)}")
         if self.privileged:
-            os.fchown(fd, uid, gid)
-        os.fchmod(fd, node.mode)
+            self._fchown(fd, uid, gid, parts)
         xattrs = self._with_ids(node.xattrs, uid, gid)
-        if xattrs:
+        if xattrs and not self.privileged:
+            self._xattrs(fd, None, parts, xattrs)
+        os.fchmod(fd, node.mode)
+        if xattrs and self.privileged:
             self._xattrs(fd, None, parts, xattrs)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
@@ -306,6 +429,16 @@ class DirectoryWriter:
                 raise OutputError(f"output {show(parts)}: cannot set xattr {key}: {exc.strerror}") from None
 
 
+_WORKERS = max(1, min(2, os.cpu_count() or 1))
+_BATCH = 256
+
+
+def _os_error(parts: Parts, exc: OSError, doing: str) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"output {show(parts)}: no space left on the device")
+    return OutputError(f"output {show(parts)}: cannot {doing}: {exc.strerror}")
+
+
 def _p(parts: Parts) -> str:
     return join(parts).decode("utf-8", "backslashreplace")
 
@@ -331,7 +464,6 @@ def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] =
     ensure_parent(dest)
     check_destination(dest, force=options.force, kind="dir")
     remove_stale_partials(dest)
-    _check_space(plan, dest, options)
     partial = partial_name(dest)
     try:
         os.mkdir(partial, 0o700)
@@ -340,9 +472,12 @@ def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] =
     try:
         root_fd = os.open(partial, _DIR_FLAGS)
         writer = DirectoryWriter(plan, root_fd, options, plan.events)
+        writer.free = _free_bytes(partial)
+        old_umask = os.umask(0)
         try:
             writer.write()
         finally:
+            os.umask(old_umask)
             writer.fds.close()
             os.close(root_fd)
         plan.verify()
@@ -354,20 +489,10 @@ def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] =
     return writer.result
 
 
-def _check_space(plan: Plan, dest: str, options: DirectoryOptions) -> None:
-    """Fail before writing when the result cannot fit (the --max-size default)."""
-    seen: set[int] = set()
-    need = 0
-    for _, node in plan.walk():
-        if node.kind == REG and id(node) not in seen:
-            seen.add(id(node))
-            need += node.stored_size
-    if options.max_size is not None and need > options.max_size:
-        raise LimitError(f"{dest}: the image needs {need} bytes, more than --max-size {options.max_size}")
+def _free_bytes(path: str) -> Optional[int]:
+    """Free space where the output goes: the default --max-size, checked as bytes go."""
     try:
-        st = os.statvfs(os.path.dirname(dest))
+        st = os.statvfs(path)
     except OSError:
-        return
-    free = st.f_bavail * st.f_frsize
-    if need > free:
-        raise OutputError(f"{dest}: the image needs {need} bytes but only {free} are free there")
+        return None
+    return st.f_bavail * st.f_frsize
