@@ -150,9 +150,13 @@ def convert(
         path=where.removeprefix("output ").strip("'"),
     )
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
-    if source_date_epoch is None and reproducible:
-        env = os.environ.get("SOURCE_DATE_EPOCH")
-        source_date_epoch = int(env) if env and env.isdigit() else None
+    if source_date_epoch is None:
+        # SOURCE_DATE_EPOCH implies --reproducible (reproducible-builds.org convention)
+        env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if env:
+            if not env.isdigit():
+                raise UsageError(f"SOURCE_DATE_EPOCH={env!r}: expected a number of seconds")
+            source_date_epoch = int(env)
     spool_dir = None
     if out != "-":
         spool_dir = os.path.dirname(os.path.abspath(out))
@@ -165,6 +169,14 @@ def convert(
             progress=progress, keep_whiteouts=only_layer is not None and flatten,
         )
         try:
+            bundle_cfg = None
+            if bundle:
+                from .bundle import bundle_config
+
+                if flatten:
+                    raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
+                # resolved before --path prunes the tree: the user lives in /etc/passwd
+                bundle_cfg = bundle_config(image.config, plan=plan, ids=mapper)
             if paths or with_deps:
                 from .pathselect import select_paths
 
@@ -172,12 +184,11 @@ def convert(
             if bundle:
                 from .bundle import write_bundle
 
-                if flatten:
-                    raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
                 dres = write_bundle(
                     plan, image, out,
                     DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
                                      max_size=max_size, keep_ids=keep_ids),
+                    config=bundle_cfg,
                 )
                 entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
             elif flatten:
