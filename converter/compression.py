@@ -20,7 +20,7 @@ from .errors import ConverterError, InputError, IntegrityError
 NONE, GZIP, ZSTD, XZ, BZIP2 = "none", "gzip", "zstd", "xz", "bzip2"
 KINDS = (NONE, GZIP, ZSTD, XZ, BZIP2)
 SNIFF_BYTES = 512
-PIECE = 1 << 20  # decompressed bytes per queue item
+PIECE = 512 << 10  # decompressed bytes per queue item
 
 try:  # isal inflates about twice as fast as zlib; zlib-ng next; stdlib zlib always works
     from isal import isal_zlib as _gzip_impl  # type: ignore[import-not-found]
@@ -272,7 +272,7 @@ class DecompressingReader:
         *,
         what: str,
         on_output: Optional[Callable[[bytes], None]] = None,
-        queue_items: int = 8,
+        queue_items: int = 4,
     ) -> None:
         self.kind = kind
         self.what = what

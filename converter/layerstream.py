@@ -79,7 +79,7 @@ class HashPool:
 
 
 def _hash_region(region: FileRegion, expectations: list[Expectation], stop: threading.Event) -> None:
-    buf = bytearray(4 << 20)
+    buf = bytearray(1 << 20)
     view = memoryview(buf)
     pos, end = region.offset, region.offset + region.size
     while pos < end:
@@ -163,8 +163,6 @@ class LayerReading:
 
         def on_output(piece: bytes) -> None:
             counters["out"] += len(piece)
-            if diff_exp is not None:
-                diff_exp.update(piece)
             if ratio and is_compressed and counters["out"] > floor and counters["out"] > ratio * max(counters["raw"], 1):
                 raise LimitError(
                     f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
@@ -176,7 +174,9 @@ class LayerReading:
         self._raw_exp = raw_exp
         self._diff_exp = diff_exp
         self._stream = compression.DecompressingReader(self.compression, raw_read, what=what, on_output=on_output)
-        self.source = _StreamSource(self._stream, self._blame_blob)
+        # the diff_id is hashed by the consumer as it reads: the producer thread already
+        # carries decompression and the blob hash, so this balances the two cores
+        self.source = _StreamSource(self._stream, self._blame_blob, diff_exp)
 
     def stored_bytes_read(self, tar_offset: int) -> int:
         """How much of the stored blob has been consumed (for progress)."""
@@ -262,26 +262,38 @@ class _StreamSource:
     """ByteSource over a DecompressingReader (skips by reading: every byte must be hashed).
     Corrupt compressed data is first checked against the blob digest (``blame``)."""
 
-    def __init__(self, stream: compression.DecompressingReader, blame: Callable[[InputError], None]) -> None:
+    def __init__(
+        self,
+        stream: compression.DecompressingReader,
+        blame: Callable[[InputError], None],
+        expectation: Optional[Expectation],
+    ) -> None:
         self._s = stream
         self._blame = blame
+        self._exp = expectation
+        self._scratch: Optional[memoryview] = None
 
     def readinto(self, b: memoryview) -> int:
         try:
-            return self._s.readinto(b)
+            n = self._s.readinto(b)
         except IntegrityError:
             raise
         except InputError as exc:
             self._blame(exc)
             raise
+        if n and self._exp is not None:
+            self._exp.update(b[:n])
+        return n
 
     def skip(self, n: int) -> int:
-        try:
-            return self._s.skip(n)
-        except IntegrityError:
-            raise
-        except InputError as exc:
-            self._blame(exc)
-            raise
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(1 << 20))
+        done = 0
+        while done < n:
+            got = self.readinto(self._scratch[: min(len(self._scratch), n - done)])
+            if not got:
+                break
+            done += got
+        return done
 
 

@@ -389,8 +389,9 @@ class DirectoryWriter:
         return True
 
     def _dir_meta(self, fd: int, parts: Parts, node: Node) -> None:
-        uid, gid = self.options.ids.map(node.uid, node.gid, where=f"output {show(parts)}")
-        if self.privileged:
+        ids = self.options.ids
+        uid, gid = (node.uid, node.gid) if ids.identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
+        if self.privileged and (uid, gid) != self._self_ids:
             self._fchown(fd, uid, gid, parts)
         xattrs = self._with_ids(node.xattrs, uid, gid)
         if xattrs and not self.privileged:
