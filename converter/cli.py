@@ -80,8 +80,13 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         return fn()
-    except SystemExit:
+    except (SystemExit, typer.Exit):
         raise
+    except BrokenPipeError:
+        # the reader went away (`rootfs ls x | head`): stop quietly, as a pipe-killed tool would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141)
     except BaseException as exc:  # noqa: BLE001 - everything becomes one line + exit code
         fail(exc)
     finally:
@@ -422,9 +427,29 @@ def inspect_command(
     def body() -> None:
         import json
 
+        from .errors import UsageError
         from .inspect import inspect
 
-        info = inspect(source, ref=ref, platform=platform, count_entries=entries)
+        try:
+            info = inspect(source, ref=ref, platform=platform, count_entries=entries)
+        except UsageError as exc:
+            # several images and no choice made: the choices are the answer
+            from .sources import list_choices
+
+            try:
+                choices = list_choices(source)
+            except Exception:
+                raise exc from None
+            if len(choices) < 2:
+                raise
+            if as_json:
+                json.dump({"reference": None, "choices": choices}, sys.stdout, indent=2)
+                sys.stdout.write("\n")
+            else:
+                print(f"{source} holds {len(choices)} images; choose one with --ref (and --platform):")
+                for c in choices:
+                    print(f"  {c['reference'] or '(untagged)'}  {c['platform'] or '-'}  {c['digest'] or ''}")
+            raise typer.Exit(2)
         if as_json:
             json.dump(info.to_json(), sys.stdout, indent=2, ensure_ascii=False)
             sys.stdout.write("\n")
@@ -459,6 +484,10 @@ def inspect_command(
         empties = sum(1 for h in info.history if h["empty_layer"])
         if empties:
             console.print(f"  ({empties} history steps made no layer)")
+        if len(info.choices) > 1:
+            console.print(f"  the source holds {len(info.choices)} images:")
+            for c in info.choices:
+                console.print(f"    {c['reference'] or '(untagged)'}  {c['platform'] or '-'}  {c['digest'] or ''}", markup=False)
 
     run_guarded(body)
 

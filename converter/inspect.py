@@ -42,6 +42,9 @@ class ImageInfo:
     config: dict[str, Any]
     layers: list[LayerInfo] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: every image the source holds (reference, platform, digest): more than one means
+    #: the source needed (or got) a choice
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,5 +129,10 @@ def inspect(
     source: str, *, ref: Optional[str] = None, platform: Optional[str | Platform] = None, count_entries: bool = False
 ) -> ImageInfo:
     """Open ``source`` and describe it (layers are read only with ``count_entries``)."""
+    from .sources import list_choices
+
+    choices = list_choices(source) if not source.startswith("docker://") else []
     with open_image(source, ref=ref, platform=platform) as image:
-        return describe(image, count_entries=count_entries)
+        info = describe(image, count_entries=count_entries)
+    info.choices = choices
+    return info

@@ -125,3 +125,28 @@ def _image_from_archive(archive: TarArchive, s: SourceSpec, want: Optional[Platf
     raise InputError(
         f"{archive.label}: not a docker save or OCI archive (no manifest.json, no oci-layout + index.json)"
     )
+
+
+def list_choices(spec: str | SourceSpec) -> list[dict[str, Any]]:
+    """The images (reference, platform, digest) a local source holds, without choosing."""
+    s = spec if isinstance(spec, SourceSpec) else parse_spec(spec)
+    if s.transport == "docker":
+        return []
+    from .docker_archive import docker_archive_choices
+    from .oci import layout_choices
+
+    if s.transport == "oci" or (s.transport is None and os.path.isdir(s.path)):
+        closers: list = []
+        try:
+            return layout_choices(DirectoryStore(s.path, closers))
+        finally:
+            for c in closers:
+                c()
+    archive, closers = open_archive_file(s.path, label="<stdin>" if s.path == "-" else s.path)
+    try:
+        if s.transport != "oci-archive" and archive.has("manifest.json"):
+            return docker_archive_choices(archive)
+        return layout_choices(ArchiveStore(archive))
+    finally:
+        for c in closers:
+            c()

@@ -85,3 +85,26 @@ def _config_digest(path: str) -> Optional[str]:
         return f"sha256:{m.group(1)}"
     return None
 
+
+
+def docker_archive_choices(archive: TarArchive) -> list[dict[str, Any]]:
+    """Every image of a docker save: its tags and platform (read from its config)."""
+    manifest = archive.read_json("manifest.json", what="manifest.json")
+    out: list[dict[str, Any]] = []
+    if not isinstance(manifest, list):
+        raise InputError(f"{archive.label}: manifest.json is not a list of images")
+    for entry in manifest:
+        if not isinstance(entry, dict):
+            continue
+        tags = entry.get("RepoTags") or [None]
+        platform = None
+        cfg = entry.get("Config")
+        if isinstance(cfg, str):
+            try:
+                platform = config_platform(archive.read_json(cfg, what=f"config {cfg}"))
+            except InputError:
+                platform = None
+        for tag in tags:
+            out.append({"reference": tag, "platform": str(platform) if platform else None,
+                        "digest": _config_digest(cfg) if isinstance(cfg, str) else None})
+    return out

@@ -159,3 +159,23 @@ def _present(store: BlobStore, d: Descriptor) -> bool:
         return True
     except NotFoundError:
         return False
+
+
+def layout_choices(store: BlobStore) -> list[dict[str, Any]]:
+    """Every image a layout offers: one entry per (reference, platform), for listings."""
+    check_layout(store)
+    index = store.read_json_file("index.json", what="index.json")
+    out: list[dict[str, Any]] = []
+    for entry in index_entries(index, what=f"{store.label}: index.json"):
+        if entry.is_attestation:
+            continue
+        names = _names(entry)
+        ref = names[0] if names else None
+        if entry.media_type in INDEX_TYPES:
+            doc = store.read_json_blob(entry.digest, entry.size, what="index")
+            for m in _flatten_index(store, doc, what=f"{store.label}: index {entry.digest}", depth=0):
+                out.append({"reference": ref, "platform": str(m.platform) if m.platform else None, "digest": m.digest})
+        else:
+            out.append({"reference": ref, "platform": str(entry.platform) if entry.platform else None,
+                        "digest": entry.digest})
+    return out
