@@ -218,6 +218,7 @@ def convert(
 
             write_report(success_report(result, spec=source), report)
         if not quiet:
+            _print_warnings(result.events, verbose)
             _summary(result)
 
     run_guarded(body)
@@ -295,6 +296,23 @@ def _summary(result: Any) -> None:
     if result.warnings:
         lines.append("  warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warnings.items())))
     print("\n".join(lines), file=sys.stderr)
+
+
+def _print_warnings(events: Any, verbose: int) -> None:
+    """Every warning with -v; otherwise one line per kind with its first example."""
+    if events is None or not events.warnings:
+        return
+    if verbose:
+        for w in events.warnings:
+            print(f"rootfs: warning: {w.message}", file=sys.stderr)
+        return
+    first: dict[str, Any] = {}
+    for w in events.warnings:
+        first.setdefault(w.kind, w)
+    for kind, w in first.items():
+        n = events.counts.get(kind, 1)
+        more = f" (and {n - 1} more like it)" if n > 1 else ""
+        print(f"rootfs: warning: {w.message}{more}", file=sys.stderr)
 
 
 def main() -> None:
