@@ -298,6 +298,10 @@ def _summary(result: Any) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+#: kinds the final summary's count says all about (one line for all devices, not one each)
+_SUMMARY_ONLY = {"device-skipped", "device-emptied"}
+
+
 def _print_warnings(events: Any, verbose: int) -> None:
     """Every warning with -v; otherwise one line per kind with its first example."""
     if events is None or not events.warnings:
@@ -308,7 +312,8 @@ def _print_warnings(events: Any, verbose: int) -> None:
         return
     first: dict[str, Any] = {}
     for w in events.warnings:
-        first.setdefault(w.kind, w)
+        if w.kind not in _SUMMARY_ONLY:
+            first.setdefault(w.kind, w)
     for kind, w in first.items():
         n = events.counts.get(kind, 1)
         more = f" (and {n - 1} more like it)" if n > 1 else ""

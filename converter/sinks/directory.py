@@ -16,14 +16,16 @@ deepest first, so an image's read-only directory cannot stop extraction.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
 import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from ..errors import LimitError, OutputError
+from ..errors import InputError, LimitError, OutputError
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
@@ -82,6 +84,12 @@ class DirFds:
             _, old = fds.popitem(last=False)
             os.close(old)
         return fd
+
+    def forget(self, parts: Parts) -> None:
+        """Drop ``parts`` and everything below it (about to be removed or replaced)."""
+        n = len(parts)
+        for key in [k for k in self._fds if k[:n] == parts]:
+            os.close(self._fds.pop(key))
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -216,6 +224,9 @@ class DirectoryWriter:
         if workers <= 1:
             self._worker(iter(jobs), self.fds)
             return
+        if _CAN_FORK:
+            self._run_jobs_forked(jobs, workers)
+            return
         feed = iter(jobs)
         lock = threading.Lock()
 
@@ -246,6 +257,88 @@ class DirectoryWriter:
             t.join()
         if errors:
             raise errors[0]
+
+    def _run_jobs_forked(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]], workers: int) -> None:
+        """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
+        the work is split across forked processes that inherit the plan (copy-on-write)
+        and the directory fds.  Each child reports counts, warnings and inodes it could
+        not create through a pipe, or the one error that stopped it."""
+        shares = [jobs[i::workers] for i in range(workers)]
+        children: list[tuple[int, int]] = []
+        try:
+            for share in shares[1:]:
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                    os.close(r)
+                    self._child(share, w)
+                os.close(w)
+                children.append((pid, r))
+            error: Optional[BaseException] = None
+            try:
+                self._worker(iter(shares[0]), self.fds)
+            except BaseException as exc:
+                error = exc
+            for pid, r in children:
+                report = _read_all(r)
+                os.close(r)
+                _, status = os.waitpid(pid, 0)
+                if error is None:
+                    error = self._absorb(report, status)
+            children = []
+            if error is not None:
+                raise error
+        finally:
+            for pid, r in children:  # interrupted: stop the others before cleanup
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    os.close(r)
+                except OSError:
+                    pass
+
+    def _child(self, share: list[tuple[Parts, list[tuple[bytes, Node]]]], w: int) -> None:  # pragma: no cover
+        code = 1
+        try:
+            _die_with_parent()
+            collector = _CollectingEvents()
+            # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
+            self.events.warn = collector.warn  # type: ignore[method-assign]
+            self.events = collector  # type: ignore[assignment]
+            self.result = DirResult(path="")
+            self._skipped = set()
+            fds = DirFds(self.root_fd, capacity=64)
+            self._worker(iter(share), fds)
+            payload = {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
+                       "skipped": sorted(self._skipped)}
+            code = 0
+        except BaseException as exc:
+            payload = {"error": type(exc).__name__, "message": str(exc)}
+        try:
+            data = json.dumps(payload).encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(code)
+
+    def _absorb(self, report: bytes, status: int) -> Optional[BaseException]:
+        try:
+            payload = json.loads(report) if report else {}
+        except ValueError:
+            payload = {}
+        if "error" in payload:
+            cls = {"LimitError": LimitError, "OutputError": OutputError, "InputError": InputError,
+                   "KeyboardInterrupt": KeyboardInterrupt}.get(payload["error"], OutputError)
+            return cls(payload["message"]) if cls is not KeyboardInterrupt else KeyboardInterrupt()
+        if not payload or os.waitstatus_to_exitcode(status) != 0:
+            return OutputError(f"output writer process failed (status {status})")
+        with self._count_lock:
+            self.result.files += payload["files"]
+            self.result.bytes += payload["bytes"]
+        self._skipped.update(payload["skipped"])
+        for kind, message, path in payload["warnings"]:
+            self.events.warn(kind, message, path=path)
+        return None
 
     def _worker(self, jobs: Iterator[tuple[Parts, list[tuple[bytes, Node]]]], fds: DirFds) -> None:
         identity = self.options.ids.identity
@@ -431,6 +524,43 @@ class DirectoryWriter:
 
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
+_CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
+
+
+class _CollectingEvents:
+    """Stands in for Events inside a writer child: warnings go back to the parent."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, Optional[str]]] = []
+
+    def warn(self, kind: str, message: str, *, path: Optional[str] = None, layer: Optional[int] = None) -> None:
+        self.items.append((kind, message, path))
+
+    def decide(self, what: str, detail: str) -> None:
+        pass
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - child only
+    """A writer child must not outlive a killed parent (it would write into a partial
+    directory the next run is removing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
 _BATCH = 256
 
 
