@@ -389,10 +389,12 @@ def ls_command(
                 if as_json:
                     entries = []
                     for r in records:
+                        # names are escaped as in the canonical listing (and diff --json):
+                        # always valid UTF-8 JSON, and two different names never look alike
                         e: dict[str, Any] = {
-                            "path": r.path.decode("utf-8", "surrogateescape") if _utf8(r.path) else escape(r.path),
+                            "path": escape(r.path),
                             "type": r.type, "mode": f"{r.mode:o}", "uid": r.uid, "gid": r.gid,
-                            "size": r.size, "target": None if r.target is None else os.fsdecode(r.target),
+                            "size": r.size, "target": None if r.target is None else escape(r.target),
                         }
                         if r.rdev:
                             e["device"] = list(r.rdev)
@@ -418,13 +420,6 @@ def ls_command(
 
     run_guarded(body)
 
-
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 @app.command(
@@ -480,7 +475,8 @@ def inspect_command(
         from rich.console import Console
         from rich.table import Table
 
-        console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+        console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False,
+                          width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
         c = info.config
         console.print(f"[b]{info.reference or '(untagged)'}[/b]  {info.format}  {info.platform or ''}")
         for label, value in (
@@ -513,6 +509,12 @@ def inspect_command(
                 console.print(f"    {c['reference'] or '(untagged)'}  {c['platform'] or '-'}  {c['digest'] or ''}", markup=False)
 
     run_guarded(body)
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ":".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else ",".join(map(str, value)) or "-"
+    return "-" if value is None or value == "" else str(value)
 
 
 @app.command(
@@ -562,7 +564,8 @@ def diff_command(
             for p in d.added:
                 print(f"+ {escape(p)}")
             for p, changes in d.changed:
-                detail = ", ".join(f"{k} {v[0]} -> {v[1]}" if k != "content" else "content" for k, v in changes.items())
+                detail = ", ".join(f"{k} {_show_value(v[0])} -> {_show_value(v[1])}" if k != "content" else "content"
+                                   for k, v in changes.items())
                 print(f"~ {escape(p)}  ({detail})")
         return 0 if d.identical else 1
 

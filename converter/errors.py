@@ -33,14 +33,14 @@ class InputError(ConverterError):
     """The input is malformed: bad JSON, missing fields, unknown format or compression."""
 
     exit_code = 3
-    kind = "bad input"
+    kind = "bad-input"
 
 
 class NotFoundError(InputError):
     """Something the input refers to is missing: a blob, a tag, a platform, a layer."""
 
     exit_code = 4
-    kind = "not found"
+    kind = "not-found"
 
 
 class IntegrityError(InputError):
@@ -55,7 +55,7 @@ class UnsafeEntryError(InputError):
     a hard link to a directory or to nothing, a symlink loop."""
 
     exit_code = 6
-    kind = "unsafe entry"
+    kind = "unsafe-entry"
 
 
 class LimitError(InputError):

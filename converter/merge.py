@@ -107,6 +107,11 @@ class Events:
             self.warnings.append(Warning_(kind, message, path, layer))
             self.counts[kind] = self.counts.get(kind, 0) + 1
 
+    def ordered(self) -> list[Warning_]:
+        """Warnings in a stable order whichever writer ran: merge decisions by layer, then
+        path; what sinks report (no layer) after them, by path."""
+        return sorted(self.warnings, key=lambda w: (w.layer is None, w.layer or 0, w.path or "", w.kind, w.message))
+
     def decide(self, what: str, detail: str) -> None:
         if self.verbose is not None:
             self.verbose(what, detail)
@@ -474,6 +479,7 @@ class Merger:
                 self.events.warn(
                     "parent-replaced",
                     f"{self._what(entry)}: parent {show(name)} was a {_KIND_NAMES[child.kind]}; replaced by a directory",
+                    path=join(tuple(names) + (name,)).decode("utf-8", "backslashreplace"),
                     layer=self._layer_index,
                 )
                 child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)

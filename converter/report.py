@@ -47,7 +47,7 @@ def success_report(result: Any, *, spec: str) -> dict[str, Any]:
         "counts": {"warnings": dict(sorted(result.warnings.items()))},
         "events": [
             {"kind": w.kind, "path": w.path, "layer": None if w.layer is None else w.layer + 1, "message": w.message}
-            for w in (events.warnings if events else [])
+            for w in (events.ordered() if events else [])
         ],
         "error": None,
     }
@@ -61,13 +61,14 @@ def error_report(exc: BaseException, *, spec: str, events: Optional[Any] = None)
         "report_version": REPORT_VERSION,
         "tool": f"rootfs {__version__}",
         "status": "error",
-        "source": {"spec": spec},
+        "source": {"spec": spec, "format": None, "reference": None, "manifest_digest": None,
+                   "config_digest": None, "platform": None},
         "output": None,
         "layers": [],
         "counts": {"warnings": dict(sorted(events.counts.items())) if events else {}},
         "events": [
             {"kind": w.kind, "path": w.path, "layer": None if w.layer is None else w.layer + 1, "message": w.message}
-            for w in (events.warnings if events else [])
+            for w in (events.ordered() if events else [])
         ],
         "error": {
             "kind": exc.kind if known else "internal",  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .listing import Record, escape
+from .listing import Record, escape, format_xattrs
 from .merge import Plan
 from .treeview import node_sha256, records_from_plan
 
@@ -73,5 +73,5 @@ def _compare(x: Record, y: Record) -> dict[str, tuple[Any, Any]]:
     if x.rdev != y.rdev:
         c["device"] = (x.rdev, y.rdev)
     if x.xattrs != y.xattrs:
-        c["xattrs"] = (sorted(x.xattrs), sorted(y.xattrs))
+        c["xattrs"] = (format_xattrs(x.xattrs), format_xattrs(y.xattrs))
     return c

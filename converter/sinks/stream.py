@@ -307,15 +307,19 @@ def stream_directory(
         report = mirror.finish()
         mirror = None
         result = DirResult(path=dest)
-        result.files, result.bytes = report["files"], report["bytes"]
+        result.files = report["files"]
         writer = DirectoryWriter(plan, root_fd, options, events)
         try:
             dirs: list[tuple[Parts, Node]] = []
+            seen: set[int] = set()
             for parts, node in plan.walk():
                 result.entries += 1
                 if node.kind == DIR:
                     dirs.append((parts, node))
                     result.dirs += 1
+                elif node.kind == REG and id(node) not in seen:  # what the tree holds, once per inode
+                    seen.add(id(node))
+                    result.bytes += node.stored_size
             for parts, node in reversed(dirs):
                 try:
                     writer._dir_meta(writer.fds.get(parts), parts, node)

@@ -66,10 +66,22 @@ def image_from_docker_archive(
             parse_digest(digest, what=f"{label}: layer {i + 1} path")
             size = blob.region.size if blob.region else None
         layers.append(Layer(index=i, blob=blob, digest=digest, size=size, diff_id=diff_ids[i]))
-    fmt = "docker-archive (Docker 25+)" if archive.has("oci-layout") else "docker-archive"
+    fmt = "docker-archive"
+    manifest_digest = None
+    if archive.has("oci-layout"):
+        fmt = "docker-archive-v25"  # Docker 25+ layout: manifest.json over an OCI layout
+    if archive.has("oci-layout") and archive.has("index.json") and config_digest:
+        found = _oci_manifest_for(archive, config_digest)
+        if found is not None:
+            manifest_digest, oci_manifest = found
+            oci_layers = oci_manifest.get("layers")
+            if isinstance(oci_layers, list) and len(oci_layers) == len(layers):
+                for layer, desc in zip(layers, oci_layers):
+                    if isinstance(desc, dict) and isinstance(desc.get("mediaType"), str):
+                        layer.media_type = desc["mediaType"]
     img = Image(
         source=source, layers=layers, config=config, manifest=entry, config_digest=config_digest,
-        reference=chosen_ref, platform=config_platform(config), format=fmt,
+        manifest_digest=manifest_digest, reference=chosen_ref, platform=config_platform(config), format=fmt,
     )
     if platform is not None and img.platform is not None and not img.platform.matches(platform):
         raise NotFoundError(f"{label}: the image is {img.platform}, not {platform}")
@@ -108,3 +120,28 @@ def docker_archive_choices(archive: TarArchive) -> list[dict[str, Any]]:
             out.append({"reference": tag, "platform": str(platform) if platform else None,
                         "digest": _config_digest(cfg) if isinstance(cfg, str) else None})
     return out
+
+
+def _oci_manifest_for(archive: TarArchive, config_digest: str) -> Optional[tuple[str, dict[str, Any]]]:
+    """Docker 25+ saves also carry an OCI layout: find the manifest of this image there, so
+    the image has a manifest digest like any OCI source (best effort: None if absent)."""
+    from ..manifests import INDEX_TYPES, index_entries, kind_of
+    from .blobstore import ArchiveStore
+
+    store = ArchiveStore(archive)
+    try:
+        pending = list(index_entries(store.read_json_file("index.json", what="index.json"), what="index.json"))
+        for _ in range(64):
+            if not pending:
+                return None
+            desc = pending.pop(0)
+            doc = store.read_json_blob(desc.digest, desc.size, what="manifest")
+            if desc.media_type in INDEX_TYPES or kind_of(doc, desc.media_type, what="manifest") == "index":
+                pending.extend(index_entries(doc, what=f"index {desc.digest}"))
+                continue
+            cfg = doc.get("config")
+            if isinstance(cfg, dict) and cfg.get("digest") == config_digest:
+                return desc.digest, doc
+    except InputError:
+        return None
+    return None
