@@ -8,11 +8,14 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-__all__ = ["convert", "plan_image", "open_image", "ConvertResult", "ConverterError", "Image", "Layer", "Platform"]
+__all__ = [
+    "convert", "plan_image", "open_image", "inspect", "ConvertResult", "ImageInfo", "ConverterError",
+    "Image", "Layer", "Platform",
+]
 
 _LAZY = {
     "convert": "api", "plan_image": "api", "ConvertResult": "api",
-    "open_image": "sources", "ConverterError": "errors",
+    "open_image": "sources", "ConverterError": "errors", "inspect": "inspect", "ImageInfo": "inspect",
     "Image": "image", "Layer": "image", "Platform": "image",
 }
 
