@@ -615,8 +615,11 @@ def build_plan(
     stats: list[LayerStats] = []
     plan = Plan(merger.root, image, stats, events)
     plan._closers.append(pool.close)
+    todo = list(layers if layers is not None else image.layers)
     try:
-        for layer in layers if layers is not None else image.layers:
+        for position, layer in enumerate(todo):
+            if position + 1 < len(todo) and todo[position + 1].blob.prefetch is not None:
+                todo[position + 1].blob.prefetch()  # remote: download the next while this one applies
             reading = LayerReading(layer, verify=options.verify, hash_pool=pool, limits=options.limits)
             readings.append(reading)
             st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0,
