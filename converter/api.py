@@ -40,12 +40,6 @@ class ConvertResult:
     layers: list[LayerStats] = field(default_factory=list)
 
 
-def streaming_enabled() -> bool:
-    """Directory output merges and writes in one overlapping pass (a forked writer) where
-    the platform can fork; ``ROOTFS_STREAM=0`` selects the two-pass writer."""
-    return hasattr(os, "fork") and os.environ.get("ROOTFS_STREAM", "1") != "0"
-
-
 def make_id_mapper(
     uid_map: Sequence[str] = (),
     gid_map: Sequence[str] = (),
@@ -172,19 +166,6 @@ def convert(
         chosen = select_layers(image, layers=layers, skip=skip_layers, only=only_layer)
         dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
                                        max_size=max_size, keep_ids=keep_ids)
-        if not flatten and not bundle and not (paths or with_deps) and streaming_enabled():
-            from .sinks.stream import stream_directory
-
-            merge_options = MergeOptions(verify=verify, limits=limits, spool_dir=spool_dir, progress=progress)
-            plan, dres = stream_directory(image, chosen, out, dir_options, merge_options, events)
-            plan.close()
-            return ConvertResult(
-                output=out, kind="dir", entries=dres.entries, bytes=dres.bytes,
-                layers_applied=[layer.index for layer in chosen],
-                reference=image.reference, manifest_digest=image.manifest_digest, config_digest=image.config_digest,
-                source_format=image.format, warnings=dict(events.counts), events=events,
-                platform=str(image.platform) if image.platform else None, source=image.source, layers=plan.layers,
-            )
         plan = plan_image(
             image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
             progress=progress, keep_whiteouts=only_layer is not None and flatten,
@@ -205,22 +186,13 @@ def convert(
             if bundle:
                 from .bundle import write_bundle
 
-                dres = write_bundle(
-                    plan, image, out,
-                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
-                                     max_size=max_size, keep_ids=keep_ids),
-                    config=bundle_cfg,
-                )
+                dres = write_bundle(plan, image, out, dir_options, config=bundle_cfg)
                 entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
             elif flatten:
                 res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch))
                 entries, nbytes, kind = res.entries, res.bytes, "tar"
             else:
-                dres = write_directory(
-                    plan, out,
-                    DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
-                                     max_size=max_size, keep_ids=keep_ids),
-                )
+                dres = write_directory(plan, out, dir_options)
                 entries, nbytes, kind = dres.entries, dres.bytes, "dir"
         finally:
             plan.close()

@@ -298,15 +298,3 @@ class _StreamSource:
 
 
 
-
-def needs_spool(layers: list[Layer]) -> bool:
-    """Will any of these layers be streamed (compressed, or not a plain file region)?
-    Only those need their contents spooled; uncompressed regions are read in place."""
-    for layer in layers:
-        region = layer.blob.region
-        if region is None:
-            return True
-        head = os.pread(region.fd, compression.SNIFF_BYTES, region.offset)
-        if compression.sniff(head) != compression.NONE:
-            return True
-    return False

@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from .errors import InputError, LimitError, UnsafeEntryError
 from .image import Image, Layer
@@ -214,10 +214,6 @@ class MergeOptions:
     #: where decompressed contents are spooled (default: the system temp dir)
     spool_dir: Optional[str] = None
     progress: Optional[Callable[[str, dict], None]] = None
-    #: write-through sink (see converter.sinks.stream): told about every change as it happens
-    mirror: Optional[Any] = None
-    #: an existing spool to append decompressed contents to (the mirror needs its fd early)
-    spool: Optional["_Spool"] = None
 
 
 class Merger:
@@ -230,7 +226,7 @@ class Merger:
         self.root = Node(DIR, IMPLIED_MODE, 0, 0, 0)
         self.root.implied = True
         self.entries_seen = 0
-        self._spool: Optional[_Spool] = options.spool
+        self._spool: Optional[_Spool] = None
         # (id(dir), name) -> None when this layer wrote the name itself, else the mtime of
         # the entry that made it an ancestor of something written (for implied metadata)
         self._touched: dict[tuple[int, bytes], Optional[int]] = {}
@@ -240,19 +236,12 @@ class Merger:
         self._layer_index = 0
         self._pcache_key: Optional[Parts] = None  # last resolved parent (see _apply)
         self._pcache_node: Optional[Node] = None
-        self._pcache_real: Parts = ()
-        self._real: Parts = ()  # real path of the directory _resolve_dir returned last
-        #: a sink that mirrors every change of the model as it happens (write-through)
-        self.mirror = options.mirror
-        self._pending_create: Optional[tuple[Parts, bool]] = None
-        self._plink_paths: dict[int, Parts] = {}
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
         self._touched = {}
         self._keepalive = []
         self._plink = {}
-        self._plink_paths = {}
         self._pcache_key = None
         self._layer_label = layer.label
         self._layer_index = layer.index
@@ -278,10 +267,6 @@ class Merger:
                     spool = self._spool or self._new_spool()
                     node.fd = spool.fd
                     node.offset = spool.append(reader.iter_data())
-            if self._pending_create is not None:
-                assert node is not None and self.mirror is not None
-                self.mirror.create(self._pending_create[0], node, self._pending_create[1])
-                self._pending_create = None
             if progress is not None and stats.entries % 1024 == 0:
                 progress("layer-entries", {"layer": layer.index, "entries": stats.entries,
                                            "bytes_in": reading.stored_bytes_read(reader.offset)})
@@ -356,17 +341,14 @@ class Merger:
         dirparts = parts[:-1]
         if dirparts == self._pcache_key:
             parent = self._pcache_node
-            real = self._pcache_real
         else:
             parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
-            real = self._real
-            self._pcache_key, self._pcache_node, self._pcache_real = dirparts, parent, real
+            self._pcache_key, self._pcache_node = dirparts, parent
         assert parent is not None
         children = parent.children
         assert children is not None
         self._touch(parent, base, None)
         existing = children.get(base)
-        mirror = self.mirror
         if kind == DIR:
             if existing is not None:
                 if existing.kind == DIR:
@@ -375,20 +357,12 @@ class Merger:
                     return None
                 self._pcache_key = None
             children[base] = self._new_node(entry, DIR)
-            if mirror is not None:
-                mirror.mkdir(real + (base,), existing is not None)
             return None
         if existing is not None:
             self._pcache_key = None
         node = self._new_node(entry, kind)
         children[base] = node
-        if kind == REG:
-            if mirror is not None:
-                self._pending_create = (real + (base,), existing is not None)
-            return node
-        if mirror is not None:
-            mirror.create(real + (base,), node, existing is not None)
-        return None
+        return node if kind == REG else None
 
     def _root_entry(self, entry: TarEntry) -> None:
         if entry.type != b"5":
@@ -438,10 +412,9 @@ class Merger:
         by one (EDGE-CASES 45, as umoci does) with a warning; without it, None is returned
         for a path that does not lead to a directory."""
         stack = [self.root]
-        names: list[bytes] = []  # the real path of stack[-1] (symlinks resolved)
+        names: list[bytes] = []  # the real path of stack[-1], for messages
         todo = list(reversed(parts))
         hops = 0
-        mirror = self.mirror
         while todo:
             name = todo.pop()
             if name == b"..":
@@ -461,8 +434,6 @@ class Merger:
                 child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
                 child.implied = True
                 children[name] = child
-                if mirror is not None:
-                    mirror.mkdir(tuple(names) + (name,), False)
             elif child.kind == LNK:
                 hops += 1
                 if hops > MAX_HOPS:
@@ -485,13 +456,10 @@ class Merger:
                 child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
                 child.implied = True
                 children[name] = child
-                if mirror is not None:
-                    mirror.mkdir(tuple(names) + (name,), True)
             if touch:
                 self._touch(cur, name, entry.mtime_ns)
             stack.append(child)
             names.append(name)
-        self._real = tuple(names)
         return stack[-1]
 
     # ----- whiteouts (the only place that knows them) -----------------------------------
@@ -500,7 +468,7 @@ class Merger:
         if base == WH_OPAQUE:
             directory = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
             assert directory is not None
-            self._hide_lower(directory, self._real)
+            self._hide_lower(directory)
             self.events.decide("opaque", f"{show(parts[:-1])}: lower contents hidden")
             return
         if base.startswith(WH_META):
@@ -515,41 +483,35 @@ class Merger:
         victim = parent.children.get(target)
         if victim is None:
             return
-        real = self._real
         if (id(parent), target) in self._touched:
             # written (or a parent of something written) by this same layer: it stays
             # (EDGE-CASES 27); only what lower layers put under it goes
             if victim.kind == DIR:
-                self._hide_lower(victim, real + (target,))
+                self._hide_lower(victim)
             return
         del parent.children[target]
-        if self.mirror is not None:
-            self.mirror.remove(real + (target,))
         self.events.decide("whiteout", f"{show(parts[:-1] + (target,))}: removed")
 
-    def _hide_lower(self, directory: Node, real: Parts) -> None:
+    def _hide_lower(self, directory: Node) -> None:
         """Remove every descendant of ``directory`` that this layer did not write.  A lower
         directory this layer only wrote *into* becomes what it would be had the marker come
         first: an implied directory (rule 2: position in the stream does not matter)."""
-        stack = [(directory, real)]
+        stack = [directory]
         touched = self._touched
-        mirror = self.mirror
         while stack:
-            d, dreal = stack.pop()
+            d = stack.pop()
             assert d.children is not None
             for name in list(d.children):
                 child = d.children[name]
                 key = (id(d), name)
                 if key not in touched:
                     del d.children[name]
-                    if mirror is not None:
-                        mirror.remove(dreal + (name,))
                 elif child.kind == DIR:
                     implied_mtime = touched[key]
                     if implied_mtime is not None and not child.implied:
                         child.mode, child.uid, child.gid = IMPLIED_MODE, 0, 0
                         child.mtime_ns, child.xattrs, child.implied = implied_mtime, _NO_XATTRS, True
-                    stack.append((child, dreal + (name,)))
+                    stack.append(child)
 
     # ----- hard links -------------------------------------------------------------------
     def _hardlink(self, entry: TarEntry, parts: Parts, *, final: bool) -> bool:
@@ -560,7 +522,6 @@ class Merger:
         except UnsafeEntryError:
             target_parts = split_name(entry.linkname, what=f"{self._what(entry)} link target")
         target: Optional[Node]
-        target_real: Optional[Parts] = None
         if target_parts and target_parts[0] == WH_PLINK and len(target_parts) == 2:
             target = self._plink.get(target_parts[1])
         elif not target_parts:
@@ -568,8 +529,6 @@ class Merger:
         else:
             tparent = self._resolve_dir(target_parts[:-1], entry, create=False, touch=False)
             target = tparent.children.get(target_parts[-1]) if tparent and tparent.children is not None else None
-            if target is not None:
-                target_real = self._real + (target_parts[-1],)
         if target is None:
             if not final:
                 return False
@@ -579,18 +538,7 @@ class Merger:
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         assert parent is not None and parent.children is not None
         self._touch(parent, parts[-1], None)
-        existing = parent.children.get(parts[-1])
         parent.children[parts[-1]] = target
-        mirror = self.mirror
-        if mirror is not None and existing is not target:
-            new_real = self._real + (parts[-1],)
-            if target_real is not None:
-                mirror.link(target_real, new_real, existing is not None)
-            elif id(target) in self._plink_paths:  # AUFS plink: linked before, by another name
-                mirror.link(self._plink_paths[id(target)], new_real, existing is not None)
-            else:  # AUFS plink: the first name that shows the hidden inode gets its data
-                mirror.create(new_real, target, existing is not None)
-                self._plink_paths[id(target)] = new_real
         return True
 
 

@@ -54,8 +54,7 @@ UPDATE = os.environ.get("UPDATE_GOLDENS", "") not in ("", "0")
 
 # environment variables that change what the CLI prints; the tests set them explicitly
 _AMBIENT = ("NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES",
-            "SOURCE_DATE_EPOCH", "ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_QUIET", "ROOTFS_DEBUG", "ROOTFS_WRITERS",
-            "ROOTFS_STREAM")
+            "SOURCE_DATE_EPOCH", "ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_QUIET", "ROOTFS_DEBUG", "ROOTFS_WRITERS")
 
 
 def cli_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -242,12 +241,11 @@ def test_report_events_in_a_stable_order(tmp_path: Path) -> None:
     entries = [File(f"d{i % 7}/f{i:03d}", b"x" * (i * 37 % 900), xattrs={"security.selinux": b"l\0"}) for i in range(120)]
     built = write_docker_archive(tmp_path / "image.tar", ImageSpec([Layer(entries)]))
     orders = {}
-    for name, env in (("default", {}), ("two-pass", {"ROOTFS_STREAM": "0"}),
-                      ("two-pass-threads", {"ROOTFS_STREAM": "0", "ROOTFS_WRITERS": "threads"})):
+    for name, env in (("default", {}), ("again", {}), ("threads", {"ROOTFS_WRITERS": "threads"})):
         r = ok(rootfs("convert", str(built.path), "-o", str(tmp_path / name), "--report", "-", "-q", env=env))
         orders[name] = [e["path"] for e in json.loads(r.stdout)["events"]]
     assert len(orders["default"]) == 120
-    assert orders["default"] == orders["two-pass"] == orders["two-pass-threads"]
+    assert orders["default"] == orders["again"] == orders["threads"]
 
 
 def test_report_output_bytes_is_what_the_tree_holds(tmp_path: Path) -> None:

@@ -85,12 +85,6 @@ class DirFds:
             os.close(old)
         return fd
 
-    def forget(self, parts: Parts) -> None:
-        """Drop ``parts`` and everything below it (about to be removed or replaced)."""
-        n = len(parts)
-        for key in [k for k in self._fds if k[:n] == parts]:
-            os.close(self._fds.pop(key))
-
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
