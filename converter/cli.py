@@ -321,7 +321,20 @@ def _print_warnings(events: Any, verbose: int) -> None:
 
 
 def main() -> None:
-    app()
+    """Entry point.  The interpreter's own teardown (freeing every node of a large plan)
+    is skipped once the command has finished and flushed its output."""
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            code = code or 141
+        os._exit(code)
 
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "c": "c", "b": "b", "p": "p", "s": "s"}

@@ -53,7 +53,7 @@ class Node:
 
     __slots__ = (
         "kind", "mode", "uid", "gid", "mtime_ns", "xattrs", "size", "fd", "offset",
-        "sparse", "linkname", "major", "minor", "children", "implied",
+        "sparse", "linkname", "major", "minor", "children", "implied", "nlink",
     )
 
     def __init__(self, kind: str, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
@@ -72,6 +72,8 @@ class Node:
         self.minor = 0
         self.children: Optional[dict[bytes, Node]] = {} if kind == DIR else None
         self.implied = False  # a directory no entry described (created for a child)
+        #: names given to this inode so far (never decremented: "1" means surely one name)
+        self.nlink = 1
 
     @property
     def stored_size(self) -> int:
@@ -251,12 +253,13 @@ class Merger:
         limits = self.options.limits
         in_place = reading.region
         progress = self.options.progress
+        check_ratio = reading.region is None and bool(limits.max_ratio)  # bombs need compression
         for entry in reader:
             self.entries_seen += 1
             stats.entries += 1
             if self.entries_seen > limits.max_entries:
                 raise LimitError(f"{layer.label}: more than {limits.max_entries} entries in the image (see --max-entries)")
-            if entry.size:
+            if entry.size and check_ratio:
                 reading.check_declared(entry.data_offset + entry.size, limits)
             node = self._apply(entry, deferred)
             if node is not None and entry.size:
@@ -538,6 +541,8 @@ class Merger:
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         assert parent is not None and parent.children is not None
         self._touch(parent, parts[-1], None)
+        if parent.children.get(parts[-1]) is not target:
+            target.nlink += 1
         parent.children[parts[-1]] = target
         return True
 

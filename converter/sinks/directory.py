@@ -185,9 +185,10 @@ class DirectoryWriter:
                     result.dirs += 1
                     continue
                 key = id(node)
-                head = heads.get(key)
+                head = heads.get(key) if node.nlink > 1 else None
                 if head is None:
-                    heads[key] = dparts + (name,)
+                    if node.nlink > 1:  # only inodes with several names need their first one kept
+                        heads[key] = dparts + (name,)
                     batch.append((name, node))
                     if len(batch) >= _BATCH:
                         jobs.append((dparts, batch))

@@ -163,7 +163,7 @@ def emit(plan: Plan, out: _Out, options: TarOptions) -> int:
         secs, ns = mtime_of(node)
         kind = node.kind
         xattrs = node.xattrs or None
-        if kind != DIR:
+        if kind != DIR and node.nlink > 1:
             head = heads.get(id(node))
             if head is not None:
                 out.write(build_header(name=path, type=b"1", linkname=head, mode=node.mode, uid=uid, gid=gid,
