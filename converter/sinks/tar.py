@@ -88,7 +88,9 @@ class _Out:
         self.count += len(data)
 
     def copy_from(self, src_fd: int, offset: int, size: int) -> None:
-        if self.direct:
+        if self.direct and size > _SMALL:
+            # big contents go kernel to kernel; small ones ride in the write buffer with
+            # their headers (one pread instead of flush + sendfile per file)
             self._raw.flush()
             _copy_fd(self.fd, src_fd, offset, size)
             self.count += size
@@ -114,6 +116,9 @@ class _Out:
             self._z.close()
         self._raw.flush()
         self._raw.close()
+
+
+_SMALL = 128 << 10
 
 
 def _copy_fd(out_fd: int, in_fd: int, offset: int, count: int) -> None:
@@ -158,8 +163,12 @@ def emit(plan: Plan, out: _Out, options: TarOptions) -> int:
     out.write(build_header(name=b"./", type=b"5", mode=root.mode, uid=uid, gid=gid, mtime=secs, mtime_ns=ns,
                            xattrs=root.xattrs or None))
     count += 1
+    identity = ids.identity
     for path, node in plan.sorted_entries():
-        uid, gid = ids.map(node.uid, node.gid, where=f"output {path.decode('utf-8', 'backslashreplace')}")
+        if identity:
+            uid, gid = node.uid, node.gid
+        else:
+            uid, gid = ids.map(node.uid, node.gid, where=f"output {path.decode('utf-8', 'backslashreplace')}")
         secs, ns = mtime_of(node)
         kind = node.kind
         xattrs = node.xattrs or None
