@@ -31,7 +31,7 @@ from .errors import InputError, OutputError, UsageError
 from .ids import IdMapper, IdRange
 from .image import Image
 from .merge import Plan
-from .sinks.atomic import check_destination, commit, ensure_parent, partial_name, remove_path, remove_stale_partials
+from .sinks.atomic import begin_directory, commit, remove_path
 from .sinks.directory import DirectoryOptions, DirResult, write_directory
 
 OCI_VERSION = "1.0.2"
@@ -266,14 +266,7 @@ def write_bundle(
     if config is None:
         config = bundle_config(image.config or {}, plan=plan, ids=options.ids)
     document = (json.dumps(config, indent=2) + "\n").encode()
-    ensure_parent(dest)
-    check_destination(dest, force=options.force, kind="dir")
-    remove_stale_partials(dest)
-    partial = partial_name(dest)
-    try:
-        os.mkdir(partial, 0o700)
-    except OSError as exc:
-        raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    partial = begin_directory(dest, force=options.force)
     try:
         inner = DirectoryOptions(**{**options.__dict__, "force": False})
         result = write_directory(plan, os.path.join(partial, "rootfs"), inner)

@@ -40,12 +40,12 @@ def _registry_options(creds: Optional[str], authfile: Optional[str], insecure: b
                       ca_file: Optional[str], progress: Optional[Callable] = None) -> Any:
     from .registry import RegistryOptions
 
-    hook = None
-    if progress is not None:
-        def hook(event: str, **info: Any) -> None:
-            progress(event, info)
+    def hook(event: str, **info: Any) -> None:
+        assert progress is not None
+        progress(event, info)
+
     return RegistryOptions(creds=creds, auth_file=authfile, insecure=insecure, cert_dir=cert_dir, ca_file=ca_file,
-                           progress=hook)
+                           progress=hook if progress is not None else None)
 
 
 def _stderr_console():  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import compression
-from .digest import Expectation, parse_digest
+from .digest import Expectation
 from .errors import ConverterError, InputError, IntegrityError, LimitError
 from .image import FileRegion, Layer
 from .tar.reader import FileSource

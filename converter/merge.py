@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from .errors import InputError, LimitError, UnsafeEntryError
+from .errors import LimitError, UnsafeEntryError
 from .image import Image, Layer
 from .layerstream import HashPool, LayerReading, Limits
 from .paths import Parts, join, show, split_name

@@ -167,3 +167,17 @@ def commit(partial: str, dest: str) -> None:
         os.rename(partial, dest)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot move the result into place: {exc.strerror}") from None
+
+
+def begin_directory(dest: str, *, force: bool) -> str:
+    """Check ``dest``, clear stale partials, and create the private partial directory the
+    output is built in (mode 0700); returns its path.  ``dest`` must be absolute."""
+    ensure_parent(dest)
+    check_destination(dest, force=force, kind="dir")
+    remove_stale_partials(dest)
+    partial = partial_name(dest)
+    try:
+        os.mkdir(partial, 0o700)
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    return partial

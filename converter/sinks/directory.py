@@ -27,9 +27,9 @@ from typing import Iterator, Optional
 
 from ..errors import InputError, LimitError, OutputError
 from ..ids import IdMapper
-from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
+from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
-from .atomic import check_destination, commit, ensure_parent, partial_name, remove_path, remove_stale_partials
+from .atomic import begin_directory, commit, remove_path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -587,14 +587,7 @@ def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] =
     """Write ``plan`` to ``dest`` atomically; verify the image before the result appears."""
     options = options or DirectoryOptions()
     dest = os.path.abspath(dest)
-    ensure_parent(dest)
-    check_destination(dest, force=options.force, kind="dir")
-    remove_stale_partials(dest)
-    partial = partial_name(dest)
-    try:
-        os.mkdir(partial, 0o700)
-    except OSError as exc:
-        raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    partial = begin_directory(dest, force=options.force)
     try:
         root_fd = os.open(partial, _DIR_FLAGS)
         writer = DirectoryWriter(plan, root_fd, options, plan.events)
