@@ -149,6 +149,8 @@ def convert(
         "unmapped-id", f"{where}: {kind} {value} is outside every map range; written as {unmapped_id}",
         path=where.removeprefix("output ").strip("'"),
     )
+    if max_entries < 1 or max_ratio < 0 or (max_size is not None and max_size < 0):
+        raise UsageError("--max-entries must be at least 1, --max-ratio and --max-size not negative")
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
     if source_date_epoch is None:
         # SOURCE_DATE_EPOCH implies --reproducible (reproducible-builds.org convention)
@@ -189,7 +191,8 @@ def convert(
                 dres = write_bundle(plan, image, out, dir_options, config=bundle_cfg)
                 entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
             elif flatten:
-                res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch))
+                res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch,
+                                                      max_size=max_size))
                 entries, nbytes, kind = res.entries, res.bytes, "tar"
             else:
                 dres = write_directory(plan, out, dir_options)

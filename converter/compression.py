@@ -397,7 +397,8 @@ class DecompressingReader:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # an interrupt may have landed before start()
+            self._thread.join(timeout=5)
 
 
 def open_decompressed(

@@ -54,8 +54,9 @@ class HashPool:
     def submit(self, region: FileRegion, expectations: list[Expectation]) -> list:
         box: list = []  # filled with None (ok) or the exception
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="verify", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="verify", daemon=True)
+            thread.start()
+            self._thread = thread  # only a started thread is ever joined (an interrupt may land between)
         self._q.put((region, expectations, box))
         return box
 
@@ -73,7 +74,7 @@ class HashPool:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.ident is not None:
             self._q.put(None)
             self._thread.join(timeout=10)
 

@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from .errors import LimitError, UnsafeEntryError
+from .errors import InputError, LimitError, OutputError, UnsafeEntryError
 from .image import Image, Layer
 from .layerstream import HashPool, LayerReading, Limits
 from .paths import Parts, join, show, split_name
@@ -39,6 +39,10 @@ WH_OPAQUE = b".wh..wh..opq"
 WH_PLINK = b".wh..wh.plnk"
 MAX_HOPS = 255
 IMPLIED_MODE = 0o755
+MAX_ID = (1 << 32) - 2
+#: the largest device number a ustar header carries (8 octal digits); real ones are far below
+MAX_DEVICE = (1 << 21) - 1
+_MIN_NS, _MAX_NS = -(1 << 63), (1 << 63) - 1
 
 # node kinds: the listing's one-letter types
 DIR, REG, LNK, CHR, BLK, FIFO = "d", "f", "l", "c", "b", "p"
@@ -182,6 +186,7 @@ class _Spool:
     (gone when closed, even after SIGKILL), addressed by offset like an in-place blob."""
 
     def __init__(self, directory: Optional[str]) -> None:
+        self.directory = directory
         f = tempfile.TemporaryFile(prefix="rootfs-content-", dir=directory)
         self.fd = os.dup(f.fileno())
         f.close()
@@ -190,12 +195,16 @@ class _Spool:
     def append(self, chunks: Iterator[memoryview]) -> int:
         start = self.pos
         fd = self.fd
-        for chunk in chunks:
-            view = chunk
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                self.pos += n
+        try:
+            for chunk in chunks:
+                view = chunk
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    self.pos += n
+        except OSError as exc:
+            where = self.directory or tempfile.gettempdir()
+            raise OutputError(f"{where}: cannot spool decompressed contents: {exc.strerror}") from None
         return start
 
     def close(self) -> None:
@@ -268,6 +277,10 @@ class Merger:
                     node.offset = in_place.offset + entry.data_offset
                 else:
                     spool = self._spool or self._new_spool()
+                    if limits.max_size is not None and spool.pos + entry.size > limits.max_size:
+                        raise LimitError(
+                            f"{self._what(entry)}: the image's contents pass --max-size {limits.max_size} bytes"
+                        )
                     node.fd = spool.fd
                     node.offset = spool.append(reader.iter_data())
             if progress is not None and stats.entries % 1024 == 0:
@@ -374,28 +387,51 @@ class Merger:
         self.root.implied = False
         return None
 
+    def _checked(self, entry: TarEntry) -> tuple[int, int, int]:
+        """Owner and mtime an output can hold: ids above 2^32-2 are refused (no file system
+        or tar reader takes them), mtimes outside 64-bit nanoseconds become the epoch
+        (EDGE-CASES 61, as containerd does)."""
+        uid, gid, mtime_ns = entry.uid, entry.gid, entry.mtime_ns
+        if uid > MAX_ID or gid > MAX_ID:
+            raise InputError(f"{self._what(entry)}: owner {uid}:{gid} is out of range (ids are 0..{MAX_ID})")
+        if not _MIN_NS <= mtime_ns <= _MAX_NS:
+            self.events.warn("mtime-clamped", f"{self._what(entry)}: mtime out of range; set to the epoch",
+                             path=entry.name.decode("utf-8", "backslashreplace"), layer=self._layer_index)
+            mtime_ns = 0
+        return uid, gid, mtime_ns
+
+    def _clean_xattrs(self, entry: TarEntry) -> dict[str, bytes]:
+        xattrs = entry.xattrs
+        bad = [k for k in xattrs if not k or "\0" in k or "." not in k]
+        if not bad:
+            return dict(xattrs)
+        for k in bad:
+            self.events.warn("xattr-invalid", f"{self._what(entry)}: invalid xattr name {k!r} ignored",
+                             path=entry.name.decode("utf-8", "backslashreplace"), layer=self._layer_index)
+        return {k: v for k, v in xattrs.items() if k not in bad}
+
     def _new_node(self, entry: TarEntry, kind: str) -> Node:
-        node = Node(kind, entry.mode, entry.uid, entry.gid, entry.mtime_ns)
+        uid, gid, mtime_ns = self._checked(entry)
+        node = Node(kind, entry.mode, uid, gid, mtime_ns)
         if entry.xattrs:
-            node.xattrs = dict(entry.xattrs)
+            node.xattrs = self._clean_xattrs(entry)
         if kind == REG:
             node.size = entry.real_size
             node.sparse = entry.sparse
         elif kind == LNK:
             node.linkname = entry.linkname
         elif kind in (CHR, BLK):
+            if entry.devmajor > MAX_DEVICE or entry.devminor > MAX_DEVICE:
+                raise InputError(f"{self._what(entry)}: device number {entry.devmajor}:{entry.devminor} is out of range")
             node.major = entry.devmajor
             node.minor = entry.devminor
         return node
 
-    @staticmethod
-    def _set_meta(node: Node, entry: TarEntry) -> None:
+    def _set_meta(self, node: Node, entry: TarEntry) -> None:
         """Directory over directory: the upper entry's metadata, the whole xattr set."""
         node.mode = entry.mode
-        node.uid = entry.uid
-        node.gid = entry.gid
-        node.mtime_ns = entry.mtime_ns
-        node.xattrs = dict(entry.xattrs) if entry.xattrs else _NO_XATTRS
+        node.uid, node.gid, node.mtime_ns = self._checked(entry)
+        node.xattrs = self._clean_xattrs(entry) if entry.xattrs else _NO_XATTRS
 
     def _touch(self, parent: Node, name: bytes, implied_mtime: Optional[int]) -> None:
         key = (id(parent), name)
@@ -468,6 +504,9 @@ class Merger:
     # ----- whiteouts (the only place that knows them) -----------------------------------
     def _whiteout(self, entry: TarEntry, parts: Parts) -> None:
         base = parts[-1]
+        if any(p.startswith(WH) for p in parts[:-1]):
+            self.events.decide("skip", f"{show(parts)}: under a whiteout/AUFS marker")
+            return
         if base == WH_OPAQUE:
             directory = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
             assert directory is not None

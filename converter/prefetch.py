@@ -71,7 +71,8 @@ class Prefetcher:
 
     def close(self) -> None:
         self._cancel = True
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
         try:
             os.close(self._fd)
         except OSError:

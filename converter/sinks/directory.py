@@ -197,6 +197,7 @@ class DirectoryWriter:
                     links.append((key, head, dparts + (name,)))
             if batch:
                 jobs.append((dparts, batch))
+        self._check_size(jobs)
         self._run_jobs(jobs)
         for key, head, parts in links:
             if key in self._skipped:
@@ -213,6 +214,15 @@ class DirectoryWriter:
             except OSError as exc:
                 raise _os_error(parts, exc, "set metadata on") from None
         self._dir_meta(self.root_fd, (), self.plan.root)
+
+    def _check_size(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]]) -> None:
+        """--max-size and free space, checked on the whole result before any data is
+        written (the writers then run in parallel, each seeing only its share)."""
+        need = sum(node.stored_size for _, batch in jobs for _, node in batch if node.kind == REG)
+        if self.limit is not None and need > self.limit:
+            raise LimitError(f"the image writes {need} bytes, more than --max-size {self.limit}")
+        if self.free is not None and need > self.free:
+            raise OutputError(f"the image needs {need} bytes but only {self.free} are free at the destination")
 
     def _run_jobs(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]]) -> None:
         workers = min(_WORKERS, len(jobs))

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
-from ..errors import OutputError
+from ..errors import LimitError, OutputError
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding
@@ -33,8 +33,10 @@ class TarOptions:
     clamp_mtime: Optional[int] = None
     #: "none", "gzip", "zstd", "xz"; None: from the file name
     compression: Optional[str] = None
-    #: extra entries to emit verbatim (``--only-layer`` keeps whiteout markers): handled by the plan
+    #: compression level for .gz/.zst/.xz output (default per codec)
     level: Optional[int] = None
+    #: --max-size: refuse a tar whose contents are larger
+    max_size: Optional[int] = None
 
 
 @dataclass
@@ -224,6 +226,15 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
     """Write the flattened tar to ``dest`` (atomically) or ``-`` (stdout)."""
     options = options or TarOptions()
     kind = options.compression or (compression_for(dest) if dest != "-" else "none")
+    if options.max_size is not None:
+        seen: set[int] = set()
+        need = 0
+        for _, node in plan.walk():
+            if node.kind == REG and id(node) not in seen:
+                seen.add(id(node))
+                need += node.size
+        if need > options.max_size:
+            raise LimitError(f"{dest}: the image's contents are {need} bytes, more than --max-size {options.max_size}")
     if dest == "-":
         fd = sys.stdout.buffer.fileno()
         sys.stdout.flush()

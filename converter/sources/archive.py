@@ -165,7 +165,9 @@ def _lexical(path: bytes) -> Optional[bytes]:
 def parse_json(data: bytes, *, what: str) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise InputError(f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers past the digit limit
         raise InputError(f"{what}: not valid JSON ({exc})") from None
 
 

@@ -72,7 +72,8 @@ class DirectoryStore(BlobStore):
             return fd, os.fstat(fd).st_size
         path = os.path.join(self.root, rel)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted in a layout must not hang the open; checked below
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFoundError(f"{self.label}: {what}: {rel} is missing") from None
         except OSError as exc:
@@ -81,6 +82,7 @@ class DirectoryStore(BlobStore):
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise InputError(f"{self.label}: {what}: {rel} is not a regular file")
+        os.set_blocking(fd, True)
         self._fds[rel] = fd
         self._closers.append(close_fd(fd))
         return fd, st.st_size

@@ -1,0 +1,1 @@
+"""Hostile and broken input (issue 4): confinement, clean failures, atomicity, bounded work."""
