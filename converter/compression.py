@@ -254,6 +254,57 @@ class ZstdFrames:
                     self._state, self._need = "block", 3
 
 
+def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) -> Iterator[bytes]:
+    """The decompressed bytes of a stored stream, in pieces of at most PIECE bytes."""
+    if kind == NONE:
+        while True:
+            chunk = raw_read(PIECE)
+            if not chunk:
+                return
+            yield chunk
+    elif kind == ZSTD:
+        import zstandard
+
+        frames = ZstdFrames(what)
+
+        class _Raw:
+            def __init__(self, read: Callable[[int], bytes]) -> None:
+                self._read = read
+
+            def read(self, n: int) -> bytes:
+                chunk = self._read(n)
+                frames.feed(chunk)
+                return chunk
+
+        raw = _Raw(raw_read)
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 30)
+        reader = dctx.stream_reader(raw, read_size=PIECE, read_across_frames=True)
+        try:
+            while True:
+                out = reader.read(PIECE)
+                if not out:
+                    break
+                yield out
+            while raw.read(PIECE):  # anything the reader left must still be whole frames
+                pass
+            if not frames.complete:
+                raise IntegrityError(f"{what}: truncated zstd data (stream ends mid-frame)")
+            return
+        except zstandard.ZstdError as exc:
+            msg = str(exc)
+            if "incomplete" in msg or "truncat" in msg or "end of" in msg:
+                raise IntegrityError(f"{what}: truncated zstd data: {msg}") from None
+            raise InputError(f"{what}: corrupt zstd data: {msg}") from None
+    else:
+        inflater = _Inflater(kind, what)
+        while True:
+            chunk = raw_read(PIECE)
+            if not chunk:
+                yield from inflater.end()
+                return
+            yield from inflater.feed(chunk)
+
+
 _EOF = object()
 
 
@@ -286,53 +337,7 @@ class DecompressingReader:
         self._thread.start()
 
     def _pieces(self) -> Iterator[bytes]:
-        if self.kind == NONE:
-            while True:
-                chunk = self._raw_read(PIECE)
-                if not chunk:
-                    return
-                yield chunk
-        elif self.kind == ZSTD:
-            import zstandard
-
-            frames = ZstdFrames(self.what)
-
-            class _Raw:
-                def __init__(self, read: Callable[[int], bytes]) -> None:
-                    self._read = read
-
-                def read(self, n: int) -> bytes:
-                    chunk = self._read(n)
-                    frames.feed(chunk)
-                    return chunk
-
-            raw = _Raw(self._raw_read)
-            dctx = zstandard.ZstdDecompressor(max_window_size=1 << 30)
-            reader = dctx.stream_reader(raw, read_size=PIECE, read_across_frames=True)
-            try:
-                while True:
-                    out = reader.read(PIECE)
-                    if not out:
-                        break
-                    yield out
-                while raw.read(PIECE):  # anything the reader left must still be whole frames
-                    pass
-                if not frames.complete:
-                    raise IntegrityError(f"{self.what}: truncated zstd data (stream ends mid-frame)")
-                return
-            except zstandard.ZstdError as exc:
-                msg = str(exc)
-                if "incomplete" in msg or "truncat" in msg or "end of" in msg:
-                    raise IntegrityError(f"{self.what}: truncated zstd data: {msg}") from None
-                raise InputError(f"{self.what}: corrupt zstd data: {msg}") from None
-        else:
-            inflater = _Inflater(self.kind, self.what)
-            while True:
-                chunk = self._raw_read(PIECE)
-                if not chunk:
-                    yield from inflater.end()
-                    return
-                yield from inflater.feed(chunk)
+        return inflate_pieces(self.kind, self._raw_read, what=self.what)
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():

@@ -104,8 +104,6 @@ class Blob:
     region: Optional[FileRegion] = None
     #: where the bytes are, for error messages: a path, an archive member, a URL
     where: str = ""
-    #: start fetching the bytes in the background (remote blobs); ``open`` then reads them
-    prefetch: Optional[Callable[[], None]] = None
 
 
 @dataclass

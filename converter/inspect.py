@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .image import Image, Platform
-from .layerstream import HashPool, LayerReading, Limits
+from .layerstream import HashPool, LayerReading, Limits, sniff_layer
 from .sources import open_image
 from .tar.reader import TarReader
 
@@ -102,7 +102,15 @@ def describe(image: Image, *, count_entries: bool = False) -> ImageInfo:
     pool = HashPool()
     try:
         for i, layer in enumerate(image.layers):
-            reading = LayerReading(layer, verify=count_entries, hash_pool=pool, limits=Limits())
+            if not count_entries:
+                kind, stored = sniff_layer(layer)
+                info.layers.append(LayerInfo(
+                    index=i + 1, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type or None,
+                    size=layer.size if layer.size is not None else stored, compression=kind,
+                    created_by=created_by[i] if created_by else None,
+                ))
+                continue
+            reading = LayerReading(layer, verify=True, hash_pool=pool, limits=Limits())
             try:
                 li = LayerInfo(
                     index=i + 1, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type or None,

@@ -6,12 +6,14 @@ Two shapes, chosen per layer:
   uncompressed OCI layouts).  Headers are parsed by seeking over data, file contents are
   later copied straight from the source with ``sendfile``, and the blob is hashed by a
   background thread over the whole region (trailing bytes included).
-* **streamed**: anything compressed, or a blob that only exists as a stream (a registry).
-  A producer thread reads, hashes the stored bytes, decompresses and hashes the tar bytes;
-  the caller pulls the tar from a bounded queue.
+* **inflated ahead**: anything compressed, or a blob that only exists as a stream (a
+  registry).  A producer thread (:mod:`converter.inflate`) reads and hashes the stored
+  bytes, decompresses and hashes the tar, and appends it to an anonymous file; the header
+  pass then reads that file in place, exactly like the first shape.
 
-Either way :meth:`LayerReading.finish` raises :class:`IntegrityError` unless the digest,
-size and diff_id all matched, and the merge calls it before anything is committed.
+Either way the layer's digest, size and diff_id are checked before anything is committed:
+:meth:`LayerReading.finish` raises the producer's error, :meth:`wait_verified` the hash
+thread's.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from . import compression
 from .digest import Expectation
-from .errors import ConverterError, InputError, IntegrityError, LimitError
+from .errors import ConverterError, IntegrityError, LimitError
 from .image import FileRegion, Layer
+from .inflate import FollowSource, InflateAhead
 from .tar.reader import FileSource
 
 GIB = 1 << 30
@@ -108,6 +111,7 @@ class LayerReading:
         hash_pool: HashPool,
         limits: Limits,
         on_raw: Optional[Callable[[int], None]] = None,
+        spool_dir: Optional[str] = None,
     ) -> None:
         self.layer = layer
         self.label = layer.label
@@ -115,8 +119,8 @@ class LayerReading:
         self.compression = compression.NONE
         self._box: Optional[list] = None
         self._counters = {"raw": 0, "out": 0}
-        self._stream: Optional[compression.DecompressingReader] = None
-        self._expectations: list[Expectation] = []
+        self._ahead: Optional[InflateAhead] = None
+        self._kept = False
         self.compressed_size = layer.size
         region = layer.blob.region
         what = self.label
@@ -140,7 +144,7 @@ class LayerReading:
         first = raw.read(compression.SNIFF_BYTES)
         self.compression = compression.detect(first, what=what)
         pending = [first] if first else []
-        counters = {"raw": 0, "out": 0}
+        counters = self._counters
 
         def raw_read(n: int) -> bytes:
             chunk = pending.pop() if pending else raw.read(n)
@@ -161,47 +165,60 @@ class LayerReading:
         ratio = limits.max_ratio
         floor = limits.ratio_floor
         is_compressed = self.compression != compression.NONE
+        kind = self.compression
 
-        def on_output(piece: bytes) -> None:
-            counters["out"] += len(piece)
-            if ratio and is_compressed and counters["out"] > floor and counters["out"] > ratio * max(counters["raw"], 1):
-                raise LimitError(
-                    f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
-                    f"raise --max-ratio or use 0 to disable)"
-                )
+        def pieces() -> Iterator[bytes]:
+            for piece in compression.inflate_pieces(kind, raw_read, what=what):
+                counters["out"] += len(piece)
+                if diff_exp is not None:
+                    diff_exp.update(piece)
+                out = counters["out"]
+                if ratio and is_compressed and out > floor and out > ratio * max(counters["raw"], 1):
+                    raise LimitError(
+                        f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
+                        f"raise --max-ratio or use 0 to disable)"
+                    )
+                yield piece
 
-        self._counters = counters
+        def check() -> None:
+            if raw_exp is not None:
+                raw_exp.check()
+            if diff_exp is not None:
+                diff_exp.check()
+
+        def blame(exc: BaseException) -> BaseException:
+            """Corrupt compressed data in a blob with a known digest: if the stored bytes do
+            not match it, that integrity error is the one to report."""
+            if isinstance(exc, IntegrityError) or raw_exp is None or raw_exp.hasher is None:
+                return exc
+            try:
+                while raw_read(1 << 20):
+                    pass
+                raw_exp.check()
+            except IntegrityError as integrity:
+                integrity.__cause__ = exc
+                return integrity
+            except (OSError, ConverterError):
+                pass
+            return exc
+
         self._raw = raw
-        self._raw_exp = raw_exp
-        self._diff_exp = diff_exp
-        self._stream = compression.DecompressingReader(self.compression, raw_read, what=what, on_output=on_output)
-        # the diff_id is hashed by the consumer as it reads: the producer thread already
-        # carries decompression and the blob hash, so this balances the two cores
-        self.source = _StreamSource(self._stream, self._blame_blob, diff_exp)
+        self._ahead = InflateAhead(pieces, what=what, directory=spool_dir, on_error=blame, after=check)
+        self.region = FileRegion(self._ahead.fd, 0, 0)  # entry data is read in place, from the inflated file
+        self.source = FollowSource(self._ahead)
 
     def stored_bytes_read(self, tar_offset: int) -> int:
         """How much of the stored blob has been consumed (for progress)."""
-        if self.region is not None:
+        if self._ahead is None:
             return tar_offset
         return self._counters["raw"]
 
-    def _blame_blob(self, exc: InputError) -> None:
-        """A decompression error on a blob whose digest is known: if the stored bytes do
-        not match their digest, that is the real (integrity) error to report."""
-        if self._raw_exp is None or self._raw_exp.hasher is None:
-            return
-        self._stream.close()  # the producer has stopped after the error
-        try:
-            while True:
-                chunk = self._raw.read(1 << 20)
-                if not chunk:
-                    break
-                self._raw_exp.update(chunk)
-            self._raw_exp.check()
-        except IntegrityError as integrity:
-            raise integrity from exc
-        except (OSError, InputError):
-            return
+    def keep_file(self) -> Callable[[], None]:
+        """The inflated file must outlive this reading (sinks copy from it): hand its
+        closing to the caller."""
+        ahead = self._ahead
+        self._kept = True
+        return (lambda: ahead.close_file()) if ahead is not None else (lambda: None)
 
     def check_declared(self, end_offset: int, limits: Limits) -> None:
         """Bomb check from headers alone: a 20 GiB entry in a 1 MB layer fails at once."""
@@ -218,13 +235,10 @@ class LayerReading:
             )
 
     def finish(self) -> None:
-        """Called after the tar reader drained the stream: verify what was read."""
-        if self._stream is not None:
-            # the tar reader's finish() already read to EOF; the producer has stopped
-            if self._raw_exp is not None:
-                self._raw_exp.check()
-            if self._diff_exp is not None:
-                self._diff_exp.check()
+        """Called after the tar reader drained the layer: the producer has verified every
+        byte (or failed); its error, if any, is raised here."""
+        if self._ahead is not None:
+            self._ahead.wait_done()
 
     def wait_verified(self) -> None:
         """For in-place layers: block until the background hash is done, raise on mismatch."""
@@ -241,12 +255,14 @@ class LayerReading:
             raise IntegrityError(f"{self.label}: verification failed: {exc}")
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        if self._ahead is not None:
+            self._ahead.stop()
             try:
                 self._raw.close()
             except Exception:
                 pass
+            if not self._kept:
+                self._ahead.close_file()
 
 
 def _expectations(layer: Layer, *, same_bytes: bool, size: int) -> list[Expectation]:
@@ -259,43 +275,15 @@ def _expectations(layer: Layer, *, same_bytes: bool, size: int) -> list[Expectat
     return exps
 
 
-class _StreamSource:
-    """ByteSource over a DecompressingReader (skips by reading: every byte must be hashed).
-    Corrupt compressed data is first checked against the blob digest (``blame``)."""
-
-    def __init__(
-        self,
-        stream: compression.DecompressingReader,
-        blame: Callable[[InputError], None],
-        expectation: Optional[Expectation],
-    ) -> None:
-        self._s = stream
-        self._blame = blame
-        self._exp = expectation
-        self._scratch: Optional[memoryview] = None
-
-    def readinto(self, b: memoryview) -> int:
-        try:
-            n = self._s.readinto(b)
-        except IntegrityError:
-            raise
-        except InputError as exc:
-            self._blame(exc)
-            raise
-        if n and self._exp is not None:
-            self._exp.update(b[:n])
-        return n
-
-    def skip(self, n: int) -> int:
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(1 << 20))
-        done = 0
-        while done < n:
-            got = self.readinto(self._scratch[: min(len(self._scratch), n - done)])
-            if not got:
-                break
-            done += got
-        return done
-
-
-
+def sniff_layer(layer: Layer) -> tuple[str, Optional[int]]:
+    """(compression, stored size) of a layer from its first bytes, without reading it."""
+    region = layer.blob.region
+    if region is not None:
+        head = os.pread(region.fd, compression.SNIFF_BYTES, region.offset)
+        return compression.detect(head, what=layer.label), region.size
+    raw = layer.blob.open()
+    try:
+        head = raw.read(compression.SNIFF_BYTES)
+    finally:
+        raw.close()
+    return compression.detect(head, what=layer.label), layer.size

@@ -197,12 +197,11 @@ def open_registry_image(ref: str, *, platform: Optional[Platform] = None, option
     try:
         r = resolve(client, platform)
         layers = []
-        prefetchers: list = []  # closed before the client: they use its connections
         for i, (d, diff_id) in enumerate(zip(r.layers, r.diff_ids)):
             layers.append(
                 Layer(
                     index=i,
-                    blob=_blob(client, d, what=f"{reference}: layer {i + 1}", closers=prefetchers),
+                    blob=_blob(client, d, what=f"{reference}: layer {i + 1}"),
                     digest=d.digest,
                     size=d.size,
                     media_type=d.media_type or None,
@@ -221,31 +220,16 @@ def open_registry_image(ref: str, *, platform: Optional[Platform] = None, option
             reference=str(reference),
             platform=r.platform,
             format="registry",
-            _closers=[client.close, lambda: [close() for close in prefetchers]],
+            _closers=[client.close],
         )
     except BaseException:
         client.close()
         raise
 
 
-def _blob(client: RegistryClient, d: Descriptor, *, what: str, closers: Optional[list] = None) -> Blob:
-    state: dict[str, Any] = {"prefetcher": None}
-
-    def _download() -> Any:
+def _blob(client: RegistryClient, d: Descriptor, *, what: str) -> Blob:
+    def _open() -> Any:
         return client.open_blob(d.digest, d.size, urls=d.urls, what=what)
 
-    def _open() -> Any:
-        if state["prefetcher"] is not None:  # already on its way: follow the download
-            return state["prefetcher"].open()
-        return _download()
-
-    def _prefetch() -> None:
-        if state["prefetcher"] is None:
-            from ..prefetch import Prefetcher
-
-            state["prefetcher"] = Prefetcher(_download)
-            if closers is not None:
-                closers.append(state["prefetcher"].close)
-
     where = d.urls[0] if d.urls else client.blob_url(d.digest)
-    return Blob(open=_open, region=None, where=where, prefetch=_prefetch)
+    return Blob(open=_open, region=None, where=where)
