@@ -203,7 +203,9 @@ def convert(
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
                 paths=path, with_deps=with_deps, bundle=bundle is not None,
-                registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
+                # only a registry source needs these (importing ssl costs ~10 MB of memory)
+                registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event)
+                if source.startswith("docker://") else None,
             )
         except BaseException as exc:
             progress.stop()

@@ -16,6 +16,7 @@ deepest first, so an image's read-only directory cannot stop extraction.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import signal
@@ -30,6 +31,9 @@ from ..ids import IdMapper
 from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
 from .atomic import begin_directory, commit, remove_path
+
+#: a writer's unit of work: a directory (its path and node) and names of its children
+Job = tuple[Parts, Node, list[bytes]]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -162,7 +166,7 @@ class DirectoryWriter:
         by a few threads (the work is syscalls, which run in parallel), then hard links,
         then directory metadata deepest first."""
         dirs: list[tuple[Parts, Node]] = []
-        jobs: list[tuple[Parts, list[tuple[bytes, Node]]]] = []
+        jobs: list[Job] = []
         links: list[tuple[int, Parts, Parts]] = []
         heads: dict[int, Parts] = {}
         result = self.result
@@ -171,7 +175,7 @@ class DirectoryWriter:
             dparts, d = stack.pop()
             dfd = self.fds.get(dparts)
             assert d.children is not None
-            batch: list[tuple[bytes, Node]] = []
+            batch: list[bytes] = []
             for name, node in d.children.items():
                 result.entries += 1
                 if node.kind == DIR:
@@ -189,14 +193,14 @@ class DirectoryWriter:
                 if head is None:
                     if node.nlink > 1:  # only inodes with several names need their first one kept
                         heads[key] = dparts + (name,)
-                    batch.append((name, node))
+                    batch.append(name)
                     if len(batch) >= _BATCH:
-                        jobs.append((dparts, batch))
+                        jobs.append((dparts, d, batch))
                         batch = []
                 else:
                     links.append((key, head, dparts + (name,)))
             if batch:
-                jobs.append((dparts, batch))
+                jobs.append((dparts, d, batch))
         self._check_size(jobs)
         self._run_jobs(jobs)
         for key, head, parts in links:
@@ -215,16 +219,23 @@ class DirectoryWriter:
                 raise _os_error(parts, exc, "set metadata on") from None
         self._dir_meta(self.root_fd, (), self.plan.root)
 
-    def _check_size(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]]) -> None:
+    def _check_size(self, jobs: list[Job]) -> None:
         """--max-size and free space, checked on the whole result before any data is
         written (the writers then run in parallel, each seeing only its share)."""
-        need = sum(node.stored_size for _, batch in jobs for _, node in batch if node.kind == REG)
+        need = 0
+        for _, d, names in jobs:
+            children = d.children
+            assert children is not None
+            for name in names:
+                node = children[name]
+                if node.kind == REG:
+                    need += node.stored_size
         if self.limit is not None and need > self.limit:
             raise LimitError(f"the image writes {need} bytes, more than --max-size {self.limit}")
         if self.free is not None and need > self.free:
             raise OutputError(f"the image needs {need} bytes but only {self.free} are free at the destination")
 
-    def _run_jobs(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]]) -> None:
+    def _run_jobs(self, jobs: list[Job]) -> None:
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
             self._worker(iter(jobs), self.fds)
@@ -235,7 +246,7 @@ class DirectoryWriter:
         feed = iter(jobs)
         lock = threading.Lock()
 
-        def locked_feed() -> Iterator[tuple[Parts, list[tuple[bytes, Node]]]]:
+        def locked_feed() -> Iterator[Job]:
             while True:
                 with lock:
                     job = next(feed, None)
@@ -263,13 +274,16 @@ class DirectoryWriter:
         if errors:
             raise errors[0]
 
-    def _run_jobs_forked(self, jobs: list[tuple[Parts, list[tuple[bytes, Node]]]], workers: int) -> None:
+    def _run_jobs_forked(self, jobs: list[Job], workers: int) -> None:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
         the work is split across forked processes that inherit the plan (copy-on-write)
         and the directory fds.  Each child reports counts, warnings and inodes it could
         not create through a pipe, or the one error that stopped it."""
         shares = [jobs[i::workers] for i in range(workers)]
         children: list[tuple[int, int]] = []
+        # the children must not run the cyclic GC over the inherited plan: it would touch
+        # (and so copy) every page of it
+        gc.freeze()
         try:
             for share in shares[1:]:
                 r, w = os.pipe()
@@ -294,6 +308,7 @@ class DirectoryWriter:
             if error is not None:
                 raise error
         finally:
+            gc.unfreeze()
             for pid, r in children:  # interrupted: stop the others before cleanup
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -302,8 +317,9 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _child(self, share: list[tuple[Parts, list[tuple[bytes, Node]]]], w: int) -> None:  # pragma: no cover
+    def _child(self, share: list[Job], w: int) -> None:  # pragma: no cover
         code = 1
+        gc.disable()
         try:
             _die_with_parent()
             collector = _CollectingEvents()
@@ -345,12 +361,15 @@ class DirectoryWriter:
             self.events.warn(kind, message, path=path)
         return None
 
-    def _worker(self, jobs: Iterator[tuple[Parts, list[tuple[bytes, Node]]]], fds: DirFds) -> None:
+    def _worker(self, jobs: Iterator[Job], fds: DirFds) -> None:
         identity = self.options.ids.identity
         ids = self.options.ids
-        for dparts, batch in jobs:
+        for dparts, d, names in jobs:
             dfd = fds.get(dparts)
-            for name, node in batch:
+            children = d.children
+            assert children is not None
+            for name in names:
+                node = children[name]
                 parts = dparts + (name,)
                 try:
                     uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
