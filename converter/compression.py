@@ -404,10 +404,3 @@ class DecompressingReader:
         self._stop.set()
         if self._thread.ident is not None:  # an interrupt may have landed before start()
             self._thread.join(timeout=5)
-
-
-def open_decompressed(
-    kind: str, raw: BinaryIO, *, what: str, on_output: Optional[Callable[[bytes], None]] = None
-) -> DecompressingReader:
-    """Convenience for callers that hold a plain binary stream (outer archives, tests)."""
-    return DecompressingReader(kind, raw.read, what=what, on_output=on_output)

@@ -132,7 +132,7 @@ class LayerReading:
             self.region = region
             exps = []
             if verify:
-                exps = _expectations(layer, same_bytes=True, size=region.size)
+                exps = _in_place_expectations(layer)
             if exps:
                 self._box = hash_pool.submit(region, exps)
             self.source = FileSource(region.fd, region.offset, region.size)
@@ -265,7 +265,8 @@ class LayerReading:
                 self._ahead.close_file()
 
 
-def _expectations(layer: Layer, *, same_bytes: bool, size: int) -> list[Expectation]:
+def _in_place_expectations(layer: Layer) -> list[Expectation]:
+    """An uncompressed blob is its own tar: its digest and diff_id hash the same bytes."""
     exps = []
     what = layer.label
     if layer.digest:
