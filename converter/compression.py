@@ -13,7 +13,7 @@ import lzma
 import queue
 import threading
 import zlib
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from .errors import ConverterError, InputError, IntegrityError
 
