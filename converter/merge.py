@@ -228,10 +228,13 @@ class Merger:
         assert in_place is not None
         progress = self.options.progress
         inflated = reading.compression != "none"  # bombs and inflated contents need compression
+        budget = limits.max_entries - self.entries_seen  # entries this layer may still add
+        apply = self._apply
+        in_fd, in_offset = in_place.fd, in_place.offset
+        count = 0
         for entry in reader:
-            self.entries_seen += 1
-            stats.entries += 1
-            if self.entries_seen > limits.max_entries:
+            count += 1
+            if count > budget:
                 raise LimitError(f"{layer.label}: more than {limits.max_entries} entries in the image (see --max-entries)")
             if entry.size and inflated:
                 if limits.max_ratio:
@@ -240,13 +243,15 @@ class Merger:
                 if limits.max_size is not None and self._inflated > limits.max_size:
                     # contents of compressed layers are inflated to disk: bound that too
                     raise LimitError(f"{self._what(entry)}: the image's contents pass --max-size {limits.max_size} bytes")
-            node = self._apply(entry, deferred)
+            node = apply(entry, deferred)
             if node is not None and entry.size:
-                node.fd = in_place.fd  # the source file, or the layer inflated ahead
-                node.offset = in_place.offset + entry.data_offset
-            if progress is not None and stats.entries % 1024 == 0:
-                progress("layer-entries", {"layer": layer.index, "entries": stats.entries,
+                node.fd = in_fd  # the source file, or the layer inflated ahead
+                node.offset = in_offset + entry.data_offset
+            if progress is not None and count % 1024 == 0:
+                progress("layer-entries", {"layer": layer.index, "entries": count,
                                            "bytes_in": reading.stored_bytes_read(reader.offset)})
+        self.entries_seen += count
+        stats.entries = count
         reader.finish()
         stats.uncompressed = reader.offset
         reading.finish()
@@ -317,10 +322,11 @@ class Merger:
         else:
             parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
             self._pcache_key, self._pcache_node = dirparts, parent
+            self._keepalive.append(parent)
         assert parent is not None
         children = parent.children
         assert children is not None
-        self._touch(parent, base, None)
+        self._touched[(id(parent), base)] = None  # written by this layer (see _touch)
         existing = children.get(base)
         if kind == DIR:
             if existing is not None:
@@ -368,7 +374,9 @@ class Merger:
         return {k: v for k, v in xattrs.items() if k not in bad}
 
     def _new_node(self, entry: TarEntry, kind: str) -> Node:
-        uid, gid, mtime_ns = self._checked(entry)
+        uid, gid, mtime_ns = entry.uid, entry.gid, entry.mtime_ns
+        if uid > MAX_ID or gid > MAX_ID or not _MIN_NS <= mtime_ns <= _MAX_NS:
+            uid, gid, mtime_ns = self._checked(entry)
         node = Node(kind, entry.mode, uid, gid, mtime_ns)
         if entry.xattrs:
             node.xattrs = self._clean_xattrs(entry)
