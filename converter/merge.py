@@ -36,6 +36,8 @@ WH_META = b".wh..wh."
 WH_OPAQUE = b".wh..wh..opq"
 WH_PLINK = b".wh..wh.plnk"
 MAX_HOPS = 255
+#: layers read ahead of the one being applied, counting it
+AHEAD = 2  # measured: reading further ahead gave no steady gain on 2 cores
 IMPLIED_MODE = 0o755
 MAX_ID = (1 << 32) - 2
 #: the largest device number a ustar header carries (8 octal digits); real ones are far below
@@ -417,6 +419,8 @@ class Merger:
         for a path that does not lead to a directory."""
         stack = [self.root]
         names: list[bytes] = []  # the real path of stack[-1], for messages
+        # implied directories take the entry's mtime, clamped like any other (EDGE-CASES 61)
+        implied_ns = entry.mtime_ns if _MIN_NS <= entry.mtime_ns <= _MAX_NS else 0
         todo = list(reversed(parts))
         hops = 0
         while todo:
@@ -435,7 +439,7 @@ class Merger:
             if child is None:
                 if not create:
                     return None
-                child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
+                child = Node(DIR, IMPLIED_MODE, 0, 0, implied_ns)
                 child.implied = True
                 children[name] = child
             elif child.kind == LNK:
@@ -457,11 +461,11 @@ class Merger:
                     path=join(tuple(names) + (name,)).decode("utf-8", "backslashreplace"),
                     layer=self._layer_index,
                 )
-                child = Node(DIR, IMPLIED_MODE, 0, 0, entry.mtime_ns)
+                child = Node(DIR, IMPLIED_MODE, 0, 0, implied_ns)
                 child.implied = True
                 children[name] = child
             if touch:
-                self._touch(cur, name, entry.mtime_ns)
+                self._touch(cur, name, implied_ns)
             stack.append(child)
             names.append(name)
         return stack[-1]
@@ -586,16 +590,10 @@ def build_plan(
 
     opened: list[LayerReading] = []
     try:
-        first = open_reading(0)
-        if first is not None:
-            opened.append(first)
+        for position in range(min(AHEAD, len(todo))):
+            opened.append(open_reading(position))  # type: ignore[arg-type]
         for position, layer in enumerate(todo):
             reading = opened[position]
-            # the next layer starts downloading, inflating and hashing (threads that release
-            # the GIL) while this one is applied; measured no faster with every layer at once
-            following = open_reading(position + 1)
-            if following is not None:
-                opened.append(following)
             st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0,
                             digest=layer.digest, diff_id=layer.diff_id)
             stats.append(st)
@@ -608,6 +606,11 @@ def build_plan(
                 reading.close()
             if options.progress:
                 options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
+            # the next layers download, inflate and hash (threads that release the GIL)
+            # while the following ones are applied
+            following = open_reading(position + AHEAD)
+            if following is not None:
+                opened.append(following)
     except BaseException:
         for reading in opened:
             reading.close()

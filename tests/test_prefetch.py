@@ -1,4 +1,5 @@
-"""Layers inflate ahead: layer N+1 is read (downloaded, decompressed) while layer N applies."""
+"""Layers inflate ahead: the next layers are read (downloaded, decompressed, hashed) while
+layer N applies."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 
 from converter.image import Blob, Image, Layer
 from converter.listing import list_tar
-from converter.merge import MergeOptions, build_plan
+from converter.merge import AHEAD, MergeOptions, build_plan
 from converter.sinks.tar import write_tar
 from converter.testing.imagegen import File, Layer as GenLayer, layer_tar
 
 
 def test_the_next_layer_is_opened_before_the_current_one_is_applied(tmp_path: Path) -> None:
     log: list[str] = []
-    tars = [layer_tar(GenLayer([File(f"f{i}", b"x" * (1000 * i))])) for i in range(3)]
+    tars = [layer_tar(GenLayer([File(f"f{i}", b"x" * (1000 * i))])) for i in range(5)]
     blobs = [gzip.compress(t, mtime=0) for t in tars]
 
     def blob(i: int) -> Blob:
@@ -37,5 +38,7 @@ def test_the_next_layer_is_opened_before_the_current_one_is_applied(tmp_path: Pa
         write_tar(plan, str(tmp_path / "out.tar"))
     finally:
         plan.close()
-    assert log == ["open 0", "open 1", "done 0", "open 2", "done 1", "done 2"]
-    assert "f2\tf\t644\t0:0\t2000\t" in list_tar(tmp_path / "out.tar")
+    # AHEAD layers (the current one included) are open at any time
+    assert AHEAD == 2
+    assert log == ["open 0", "open 1", "done 0", "open 2", "done 1", "open 3", "done 2", "open 4", "done 3", "done 4"]
+    assert "f4\tf\t644\t0:0\t4000\t" in list_tar(tmp_path / "out.tar")

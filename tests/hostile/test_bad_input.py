@@ -479,12 +479,17 @@ def test_debug_shows_the_traceback_of_an_internal_error_only_with_debug(arena: A
 
 @pytest.mark.parametrize("sink,kind", [
     pytest.param(s, k, id=f"{s}-{k}")
-    for s in ("dir", "tar") for k in ("file", "dir")
+    for s in ("dir", "tar") for k in ("file", "dir", "implied-parents")
 ])
 def test_edge_61_mtime_beyond_time_t(arena: Arena, sink: str, kind: str, gnu_tar: str) -> None:
     """A base-256 mtime of 2**80: clamped (EDGE-CASES 61) or refused cleanly; a flattened
     tar that is produced must still extract with GNU tar."""
-    entry = Raw(name=b"d/", type=b"5", mtime=2**80) if kind == "dir" else Raw(name=b"f", mtime=2**80, data=b"x")
+    if kind == "dir":
+        entry = Raw(name=b"d/", type=b"5", mtime=2**80)
+    elif kind == "file":
+        entry = Raw(name=b"f", mtime=2**80, data=b"x")
+    else:  # the directories this entry implies take its (clamped) mtime too
+        entry = Raw(name=b"a/b/f", mtime=2**80, data=b"x")
     src = arena.write_image([Layer([entry])])
     res = outcome_of(lambda: convert(str(src), arena.out(sink), flatten=sink == "tar"))
     assert not res.internal, res
