@@ -24,7 +24,7 @@ import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..errors import InputError, LimitError, OutputError
 from ..ids import IdMapper
@@ -412,12 +412,16 @@ class DirectoryWriter:
             self.result.files += 1
 
     def _fchown(self, fd: int, uid: int, gid: int, parts: Parts) -> None:
+        self._chown(lambda: os.fchown(fd, uid, gid), uid, gid, parts)
+
+    def _chown(self, change: Callable[[], None], uid: int, gid: int, parts: Parts) -> None:
+        """Apply an owner change; EINVAL means a user namespace without this id: keep the
+        entry and say what could not be done."""
         try:
-            os.fchown(fd, uid, gid)
+            change()
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            # a user namespace without this id: keep the file, say what could not be done
             self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
 
     def _with_ids(self, xattrs: dict[str, bytes], uid: int, gid: int, extra: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
@@ -433,12 +437,8 @@ class DirectoryWriter:
 
     def _copy(self, out_fd: int, node: Node, parts: Parts) -> None:
         stored = node.stored_size
-        with self._count_lock:
+        with self._count_lock:  # --max-size and free space: checked on the whole result in write()
             self.result.bytes += stored
-        if self.limit is not None and self.result.bytes > self.limit:
-            raise LimitError(f"output {show(parts)}: the image writes more than --max-size {self.limit} bytes")
-        if self.free is not None and self.result.bytes > self.free:
-            raise OutputError(f"output {show(parts)}: the image does not fit in the {self.free} bytes free at the destination")
         if node.sparse is None:
             _sendfile_all(out_fd, node.fd, node.offset, node.size, parts)
             return
@@ -453,12 +453,7 @@ class DirectoryWriter:
     def _symlink(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
         os.symlink(node.linkname, name, dir_fd=parent_fd)
         if self.privileged:
-            try:
-                os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
+            self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid, parts)
         if node.xattrs:
             self._xattrs(None, (parent_fd, name), parts, node.xattrs)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
@@ -492,12 +487,7 @@ class DirectoryWriter:
             self.events.warn("device-skipped", f"{show(parts)}: device node skipped (needs root/CAP_MKNOD)", path=_p(parts))
             return False
         if self.privileged:
-            try:
-                os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.events.warn("owner-unmappable", f"{show(parts)}: owner {uid}:{gid} does not exist in this user namespace; left as is", path=_p(parts))
+            self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid, parts)
         os.chmod(name, node.mode, dir_fd=parent_fd)  # a node we just made: not a symlink
         xattrs = self._with_ids(node.xattrs, uid, gid)
         if xattrs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import InputError, NotFoundError, UsageError
 from ..image import Image, Platform
@@ -89,22 +89,20 @@ def _open_layout_dir(s: SourceSpec, want: Optional[Platform]) -> Image:
     if not os.path.isdir(s.path):
         raise NotFoundError(f"{s.path}: no such directory")
     closers: list = []
-    try:
-        store = DirectoryStore(s.path, closers)
-        image = image_from_layout(store, ref=s.ref, platform=want, source=str(s), fmt="oci")
-    except BaseException:
-        for c in closers:
-            c()
-        raise
-    image._closers.extend(closers)
-    return image
+    return _owning(closers, lambda: image_from_layout(DirectoryStore(s.path, closers), ref=s.ref, platform=want,
+                                                      source=str(s), fmt="oci"))
 
 
 def _open_archive(s: SourceSpec, want: Optional[Platform]) -> Image:
     label = "<stdin>" if s.path == "-" else s.path
     archive, closers = open_archive_file(s.path, label=label)
+    return _owning(closers, lambda: _image_from_archive(archive, s, want))
+
+
+def _owning(closers: list, build: Callable[[], Image]) -> Image:
+    """Build an image that takes over ``closers`` (open fds); close them if building fails."""
     try:
-        image = _image_from_archive(archive, s, want)
+        image = build()
     except BaseException:
         for c in closers:
             c()
