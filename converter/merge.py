@@ -27,7 +27,8 @@ from typing import Callable, Iterator, Optional
 
 from .errors import InputError, LimitError, UnsafeEntryError
 from .image import Image, Layer
-from .layerstream import HashPool, LayerReading, Limits
+from .layerstream import LayerReading, Limits
+from .workers import Workers
 from .paths import Parts, join, show, split_name
 from .tar.reader import TarEntry, TarReader
 
@@ -386,6 +387,10 @@ class Merger:
             node.size = entry.real_size
             node.sparse = entry.sparse
         elif kind == LNK:
+            if not entry.linkname:
+                # symlink("") fails with ENOENT on Linux: no file system can hold it, and
+                # runtimes fail the layer the same way
+                raise InputError(f"{self._what(entry)}: symbolic link with an empty target")
             node.linkname = entry.linkname
         elif kind in (CHR, BLK):
             if entry.devmajor > MAX_DEVICE or entry.devminor > MAX_DEVICE:
@@ -571,7 +576,7 @@ def build_plan(
     options = options or MergeOptions()
     events = events or Events()
     merger = Merger(image, options, events)
-    pool = HashPool()
+    pool = Workers()
     readings: list[LayerReading] = []
     stats: list[LayerStats] = []
     plan = Plan(merger.root, image, stats, events)
@@ -582,7 +587,7 @@ def build_plan(
         if position >= len(todo):
             return None
         layer = todo[position]
-        reading = LayerReading(layer, verify=options.verify, hash_pool=pool, limits=options.limits,
+        reading = LayerReading(layer, verify=options.verify, workers=pool, limits=options.limits,
                                spool_dir=options.spool_dir)
         readings.append(reading)
         plan._closers.append(reading.keep_file())  # sinks copy contents out of inflated layers
@@ -606,7 +611,7 @@ def build_plan(
                 reading.close()
             if options.progress:
                 options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
-            # the next layers download, inflate and hash (threads that release the GIL)
+            # the next layers download, inflate and hash (helper processes, or threads)
             # while the following ones are applied
             following = open_reading(position + AHEAD)
             if following is not None:

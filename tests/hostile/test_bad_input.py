@@ -176,6 +176,8 @@ _tar_case("tar-extended-header-then-end", [Raw(name=b"x", type=b"x", data=b"13 p
 _tar_case("tar-sparse-map-garbage", [Raw(name=b"sp", pax={"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
                                                           "GNU.sparse.realsize": "100", "GNU.sparse.name": "sp"},
                                          data=b"zz\nyy\n" + bytes(506))], ("layer 2", "sparse"))
+_tar_case("tar-symlink-with-empty-target", [Raw(name=b"dangling", type=b"2", linkname=b"")],
+          ("layer 2", "dangling", "empty target"))
 _tar_case("tar-gnu-longname-not-followed-by-entry", [Raw(name=b"././@LongLink", type=b"L", data=b"x" * 200 + b"\0")],
           ("layer 2",), fmt="gnu")
 
