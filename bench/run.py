@@ -485,6 +485,15 @@ def print_table(rows: list[Row]) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def compile_package() -> None:
+    """Byte-compile the package first, as installing it does: an editable checkout run
+    with PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module at every start
+    (measured: 0.21 s instead of 0.08 s before the first layer is read)."""
+    import compileall
+
+    compileall.compile_dir(str(REPO / "converter"), quiet=1)
+
+
 def run(case_ids: list[str], runs: int, quick: bool, json_path: Path | None) -> int:
     started = time.perf_counter()
     selected = [c for c in CASES if c.id in case_ids]
@@ -498,6 +507,7 @@ def run(case_ids: list[str], runs: int, quick: bool, json_path: Path | None) -> 
         log(f"input {inp.name}: {inp.entries} entries, {inp.tar_bytes / MB:.0f} MB of tar, {inp.blob_bytes / MB:.0f} MB of blobs"
             f" ({inp.ratio:.2f}×), {'cached' if inp.cached else f'generated in {inp.generated_seconds:.0f} s'}")
 
+    compile_package()
     need = max((i.tar_bytes for i in inputs.values()), default=0)
     work = work_directory(need)
     paths = Paths(work)

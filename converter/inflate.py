@@ -1,19 +1,21 @@
 """Inflate a compressed layer into an anonymous file, ahead of the merge.
 
-A producer thread reads the stored blob, hashes it, decompresses it (every codec releases
-the GIL), hashes the tar, and appends it to an anonymous temporary file (``O_TMPFILE``:
-gone even after SIGKILL).  The merge then parses that file *in place*, like an
-uncompressed layer: headers are read, data is skipped by offset, and sinks later copy
-contents out of it with ``sendfile``.  Two things follow:
+A producer reads and hashes the stored blob, decompresses it, hashes the tar, and writes
+it to an anonymous temporary file (``O_TMPFILE``: gone even after SIGKILL).  The merge
+then parses that file *in place*, like an uncompressed layer: headers are read, data is
+skipped by offset, and sinks later copy contents out of it with ``sendfile``.  So:
 
 * the next layer's producer runs while the current layer is parsed, so two layers inflate
   on two cores at once;
 * file contents are written once to the temporary file and copied once to the output,
   without passing through Python buffers.
 
-The file grows while it is read: :class:`FollowSource` waits for bytes still on their way,
-and surfaces the producer's error (truncation, corruption, digest mismatch, limits) at the
-point the reader needs the missing bytes.
+The producer is :func:`inflate_layer`, a plain function of an :class:`InflateSpec`: a
+helper process runs it for file-backed blobs (:mod:`converter.workers`), a thread
+(:class:`InflateAhead`) for streamed ones.  The file grows while it is read:
+:class:`FollowSource` waits for bytes still on their way, and surfaces the producer's
+error (truncation, corruption, digest mismatch, limits) at the point the reader needs the
+missing bytes.
 """
 
 from __future__ import annotations
@@ -21,64 +23,151 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
-from .errors import ConverterError, InputError
+from . import compression
+from .digest import Expectation
+from .errors import ConverterError, InputError, IntegrityError, LimitError, OutputError
 
 _CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class InflateSpec:
+    """What a producer needs to know about one stored layer (plain data: it is sent to a
+    helper process as JSON)."""
+
+    kind: str  # compression, sniffed by the caller
+    what: str  # the layer's label, for messages
+    digest: Optional[str] = None  # stored blob digest and size to verify (None: not verified)
+    size: Optional[int] = None
+    diff_id: Optional[str] = None  # uncompressed tar digest to verify
+    max_ratio: int = 0
+    ratio_floor: int = 1 << 30
+
+
+def inflate_layer(
+    spec: InflateSpec,
+    raw_read: Callable[[int], bytes],
+    emit: Callable[[memoryview], None],
+    counters: list[int],
+) -> None:
+    """Decompress the stored bytes ``raw_read`` returns into ``emit``, verifying the blob
+    digest and size and the diff_id on the way and enforcing the ratio limit.
+    ``counters`` is ``[stored bytes read, tar bytes emitted]``, kept current for progress.
+
+    A decompression error in a blob whose stored bytes do not match their digest is
+    reported as that integrity error: the corruption is the cause, not the codec."""
+    what = spec.what
+    raw_exp = Expectation(spec.digest, spec.size, what=f"{what} blob") if (spec.digest or spec.size is not None) else None
+    diff_exp = Expectation(spec.diff_id, None, what=f"{what} uncompressed content (diff_id)") if spec.diff_id else None
+    ratio, floor = spec.max_ratio, spec.ratio_floor
+    compressed = spec.kind != compression.NONE
+
+    def counted_read(n: int) -> bytes:
+        chunk = raw_read(n)
+        if chunk:
+            counters[0] += len(chunk)
+            if raw_exp is not None:
+                raw_exp.update(chunk)
+        return chunk
+
+    try:
+        for piece in compression.inflate_pieces(spec.kind, counted_read, what=what):
+            counters[1] += len(piece)
+            if diff_exp is not None:
+                diff_exp.update(piece)
+            out = counters[1]
+            if ratio and compressed and out > floor and out > ratio * max(counters[0], 1):
+                raise LimitError(
+                    f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
+                    f"raise --max-ratio or use 0 to disable)"
+                )
+            try:
+                emit(memoryview(piece))
+            except OSError as exc:
+                raise OutputError(f"{what}: cannot write the inflated layer to a temporary file: {exc.strerror}") from None
+        if raw_exp is not None:
+            raw_exp.check()
+        if diff_exp is not None:
+            diff_exp.check()
+    except InputError as exc:
+        if isinstance(exc, IntegrityError) or raw_exp is None or raw_exp.hasher is None:
+            raise
+        try:
+            while counted_read(1 << 20):
+                pass
+            raw_exp.check()
+        except IntegrityError as integrity:
+            raise integrity from exc
+        except (OSError, ConverterError):
+            pass
+        raise
+
+
+def anonymous_file(directory: Optional[str]) -> int:
+    """An unnamed temporary file (in ``directory`` when given): its fd."""
+    f = tempfile.TemporaryFile(prefix="rootfs-layer-", dir=directory)
+    fd = os.dup(f.fileno())
+    f.close()
+    return fd
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int) -> int:
+    """Write all of ``view`` at ``offset``; return the offset after it."""
+    while view:
+        n = os.pwrite(fd, view, offset)
+        offset += n
+        view = view[n:]
+    return offset
+
+
+class Inflation(Protocol):
+    """A producer filling ``fd`` (a thread's :class:`InflateAhead` or a helper process's
+    job): what :class:`FollowSource` and :class:`~converter.layerstream.LayerReading` use."""
+
+    fd: int
+    counters: list[int]
+
+    def wait_for(self, end: int) -> int: ...
+    def wait_done(self) -> None: ...
+    def stop(self) -> None: ...
+    def close_file(self) -> None: ...
+
+
 class InflateAhead:
-    """Runs ``pieces()`` in a thread, appending each piece to a temporary file.
+    """Runs :func:`inflate_layer` in a thread, appending to an anonymous file (for blobs
+    that are not plain file regions, e.g. a registry stream)."""
 
-    ``on_error`` may turn a decompression error into a better one (e.g. an integrity error
-    when the stored bytes do not match their digest); it runs in the producer thread."""
-
-    def __init__(
-        self,
-        pieces: Callable[[], Iterator[bytes]],
-        *,
-        what: str,
-        directory: Optional[str] = None,
-        on_error: Optional[Callable[[BaseException], BaseException]] = None,
-        after: Optional[Callable[[], None]] = None,
-    ) -> None:
-        f = tempfile.TemporaryFile(prefix="rootfs-layer-", dir=directory)
-        self.fd = os.dup(f.fileno())
-        f.close()
-        self.what = what
-        self._pieces = pieces
-        self._on_error = on_error
-        self._after = after
+    def __init__(self, spec: InflateSpec, raw_read: Callable[[int], bytes], *, directory: Optional[str] = None) -> None:
+        self.fd = anonymous_file(directory)
+        self.what = spec.what
+        self.counters = [0, 0]
+        self._spec = spec
+        self._raw_read = raw_read
         self._cond = threading.Condition()
         self.written = 0
         self.done = False
         self.error: Optional[BaseException] = None
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name=f"inflate {what}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"inflate {spec.what}", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        fd = self.fd
-        try:
-            for piece in self._pieces():
-                if self._stop:
-                    return
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view):]
-                with self._cond:
-                    self.written += len(piece)
-                    self._cond.notify_all()
-            if self._after is not None:
-                self._after()  # digest checks: an error here fails the layer like any other
-        except BaseException as exc:  # handed to the reader
-            if isinstance(exc, OSError) and not isinstance(exc, ConverterError):
-                from .errors import OutputError
+    def _emit(self, view: memoryview) -> None:
+        if self._stop:
+            raise _Stopped()
+        end = pwrite_all(self.fd, view, self.written)
+        with self._cond:
+            self.written = end
+            self._cond.notify_all()
 
-                exc = OutputError(f"{self.what}: cannot write the inflated layer to a temporary file: {exc.strerror}")
-            if self._on_error is not None and isinstance(exc, InputError):
-                exc = self._on_error(exc)
+    def _run(self) -> None:
+        try:
+            inflate_layer(self._spec, self._raw_read, self._emit, self.counters)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the reader
             with self._cond:
                 self.error = exc
         finally:
@@ -117,11 +206,15 @@ class InflateAhead:
                 pass
 
 
+class _Stopped(Exception):
+    """The reader went away: the producer ends quietly."""
+
+
 class FollowSource:
     """The tar reader's ByteSource over a file being inflated: reads with ``pread``, skips
     by moving its position (data is never read in the header pass)."""
 
-    def __init__(self, ahead: InflateAhead) -> None:
+    def __init__(self, ahead: Inflation) -> None:
         self._a = ahead
         self._pos = 0
 

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .image import Image, Platform
-from .layerstream import HashPool, LayerReading, Limits, sniff_layer
+from .layerstream import LayerReading, Limits, sniff_layer
+from .workers import Workers
 from .sources import open_image
 from .tar.reader import TarReader
 
@@ -99,7 +100,7 @@ def describe(image: Image, *, count_entries: bool = False) -> ImageInfo:
         config=_config_summary(image.config),
         history=history,
     )
-    pool = HashPool()
+    pool = Workers()
     try:
         for i, layer in enumerate(image.layers):
             if not count_entries:
@@ -110,7 +111,7 @@ def describe(image: Image, *, count_entries: bool = False) -> ImageInfo:
                     created_by=created_by[i] if created_by else None,
                 ))
                 continue
-            reading = LayerReading(layer, verify=True, hash_pool=pool, limits=Limits())
+            reading = LayerReading(layer, verify=True, workers=pool, limits=Limits())
             try:
                 li = LayerInfo(
                     index=i + 1, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type or None,

@@ -26,7 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from ..errors import InputError, LimitError, OutputError
+from ..errors import LimitError, OutputError
+from ..forking import CAN_FORK, die_with_parent, error_from_wire, error_to_wire
 from ..ids import IdMapper
 from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
@@ -240,7 +241,7 @@ class DirectoryWriter:
         if workers <= 1:
             self._worker(iter(jobs), self.fds)
             return
-        if _CAN_FORK:
+        if CAN_FORK:
             self._run_jobs_forked(jobs, workers)
             return
         feed = iter(jobs)
@@ -321,7 +322,7 @@ class DirectoryWriter:
         code = 1
         gc.disable()
         try:
-            _die_with_parent()
+            die_with_parent()
             collector = _CollectingEvents()
             # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
             self.events.warn = collector.warn  # type: ignore[method-assign]
@@ -334,7 +335,7 @@ class DirectoryWriter:
                        "skipped": sorted(self._skipped)}
             code = 0
         except BaseException as exc:
-            payload = {"error": type(exc).__name__, "message": str(exc)}
+            payload = error_to_wire(exc)
         try:
             data = json.dumps(payload).encode()
             while data:
@@ -348,9 +349,7 @@ class DirectoryWriter:
         except ValueError:
             payload = {}
         if "error" in payload:
-            cls = {"LimitError": LimitError, "OutputError": OutputError, "InputError": InputError,
-                   "KeyboardInterrupt": KeyboardInterrupt}.get(payload["error"], OutputError)
-            return cls(payload["message"]) if cls is not KeyboardInterrupt else KeyboardInterrupt()
+            return error_from_wire(payload, OutputError)
         if not payload or os.waitstatus_to_exitcode(status) != 0:
             return OutputError(f"output writer process failed (status {status})")
         with self._count_lock:
@@ -538,7 +537,7 @@ class DirectoryWriter:
 
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
-_CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
+_BATCH = 256
 
 
 class _CollectingEvents:
@@ -561,21 +560,6 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - child only
-    """A writer child must not outlive a killed parent (it would write into a partial
-    directory the next run is removing)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:
-        os._exit(1)
-_BATCH = 256
 
 
 def _os_error(parts: Parts, exc: OSError, doing: str) -> OutputError:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import pytest
 
-from converter import convert
+from converter import convert, workers
 from converter.errors import Interrupted
 from converter.testing.imagegen import File, ImageSpec, Layer, Symlink, write_docker_archive
 
@@ -343,15 +343,57 @@ def _two_layers(arena: Arena) -> Path:
 @pytest.mark.parametrize("sink", ["dir", "tar"])
 def test_interrupt_while_the_verify_thread_starts(arena: Arena, sink: str, monkeypatch: pytest.MonkeyPatch) -> None:
     image = _two_layers(arena)
+    monkeypatch.setattr(workers, "CAN_FORK", False)  # the thread fallback
     _interrupt_thread_start(monkeypatch, "verify")
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         convert(str(image), arena.out(sink), flatten=sink == "tar")
+    assert not os.path.lexists(arena.out(sink)) and not arena.partials()
 
 
 @pytest.mark.parametrize("sink", ["dir", "tar"])
 def test_interrupt_while_the_inflate_thread_starts(arena: Arena, sink: str, monkeypatch: pytest.MonkeyPatch) -> None:
     image = _two_layers(arena)
+    monkeypatch.setattr(workers, "CAN_FORK", False)
     _interrupt_thread_start(monkeypatch, "inflate")
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         convert(str(image), arena.out(sink), flatten=sink == "tar")
     assert not os.path.lexists(arena.out(sink)) and not arena.partials()
+
+
+@pytest.mark.parametrize("where", ["_spawn", "pump"])
+@pytest.mark.parametrize("sink", ["dir", "tar"])
+def test_interrupt_while_helpers_start_or_report(arena: Arena, sink: str, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C landing while a helper process is forked, or while the merge waits for
+    one, stops the run; the helpers go with it and nothing is left behind."""
+    image = _two_layers(arena)
+    original = getattr(workers.Workers, where)
+    calls = []
+
+    def interrupted(self: workers.Workers, *args: object) -> object:
+        calls.append(where)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(workers.Workers, where, interrupted)
+    before = _children()
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        convert(str(image), arena.out(sink), flatten=sink == "tar")
+    assert not os.path.lexists(arena.out(sink)) and not arena.partials()
+    assert _children() == before, "a helper process outlived the run"
+
+
+def _children() -> set[int]:
+    """Live child processes of this one."""
+    me = str(os.getpid())
+    kids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                kids.add(int(entry))
+    return kids
