@@ -280,7 +280,7 @@ class DirectoryWriter:
         the work is split across forked processes that inherit the plan (copy-on-write)
         and the directory fds.  Each child reports counts, warnings and inodes it could
         not create through a pipe, or the one error that stopped it."""
-        shares = [jobs[i::workers] for i in range(workers)]
+        shares = _split(jobs, workers)
         children: list[tuple[int, int]] = []
         # the children must not run the cyclic GC over the inherited plan: it would touch
         # (and so copy) every page of it
@@ -560,6 +560,30 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
+
+
+def _split(jobs: list[Job], workers: int) -> list[list[Job]]:
+    """Contiguous runs of jobs of about equal cost, one per writer.  Jobs come in tree
+    order, so each writer mostly creates in directories the other does not touch:
+    interleaving batches made both writers create in the same directory at once, where
+    they queue on its lock."""
+    costs = []
+    for _, d, names in jobs:
+        children = d.children
+        assert children is not None
+        costs.append(sum(_FILE_COST + children[n].size for n in names))
+    total = sum(costs)
+    shares: list[list[Job]] = [[] for _ in range(workers)]
+    done = 0
+    for job, cost in zip(jobs, costs):
+        shares[min(workers - 1, done * workers // max(total, 1))].append(job)
+        done += cost
+    return shares
+
+
+#: what creating one file costs, in bytes copied (measured on tmpfs: about 7 us, the time
+#: to copy 14 KB)
+_FILE_COST = 14 << 10
 
 
 def _os_error(parts: Parts, exc: OSError, doing: str) -> OutputError:
