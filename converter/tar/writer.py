@@ -159,6 +159,26 @@ def build_header(
     return b"".join((pax, body, padding(len(body)), header))
 
 
+def plain_header(name: bytes, type: bytes, size: int, mode: int, uid: int, gid: int, mtime_ns: int,
+                 linkname: bytes = b"") -> bytes | None:
+    """The single ustar block of an everyday entry (short names, whole-second mtime, small
+    ids, no xattrs), or None when it needs :func:`build_header`.  The flattened tar
+    writes tens of thousands of these: this skips build_header's general checks and
+    records (the model already refused NULs and bad names).  Same bytes either way."""
+    if (len(name) > 100 or len(linkname) > 100 or size > _MAX_SIZE or uid > _MAX_ID or gid > _MAX_ID
+            or mtime_ns % _NS or not 0 <= mtime_ns <= _MAX_MTIME_NS):
+        return None
+    blk = _PLAIN % (name.ljust(100, b"\0"), mode & 0o7777, uid, gid, size, mtime_ns // _NS, type, linkname.ljust(100, b"\0"))
+    a32 = zlib.adler32
+    chk = (a32(blk[:256]) & 0xFFFF) + (a32(blk[256:]) & 0xFFFF) - 2
+    return blk[:148] + b"%06o\0 " % chk + blk[156:]
+
+
+_MAX_MTIME_NS = _MAX_SIZE * _NS
+_PLAIN = (b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%sustar\x0000" + b"\0" * 64 + b"0000000\x000000000\x00"
+          + b"\0" * 167)
+
+
 def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     """(prefix, name) for the ustar fields, or None when the name does not fit."""
     n = len(name)

@@ -1,0 +1,127 @@
+"""The helper processes (issue 8): layer hashing and inflating run in forked helpers, the
+flattened tar is assembled by a forked writer.  Whatever runs where, the result must be
+the same bytes as the single-process fallback, and a helper that dies must give a clear
+error, never a hang or a half-written output."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from converter import convert, workers
+from converter.errors import IntegrityError, OutputError
+from converter.listing import list_directory
+from converter.sinks import tar as tar_sink
+from converter.testing.imagegen import (
+    Dir,
+    File,
+    Hardlink,
+    ImageSpec,
+    Layer,
+    Sparse,
+    Symlink,
+    Whiteout,
+    write_docker_archive,
+    write_oci_layout,
+)
+
+BIG = bytes(range(256)) * 1200  # 300 KB: above the size the tar builder copies itself
+
+
+def _spec(compression: str = "none") -> ImageSpec:
+    return ImageSpec(layers=[
+        Layer([Dir("etc"), File("etc/a", b"a" * 10), File("big1", BIG), File("big2", BIG[::-1] * 2),
+               File("gone", BIG), Symlink("lnk", "etc/a")], compression=compression),
+        Layer([Whiteout("gone"), File("etc/b", b"b" * 700), Hardlink("etc/h", "big1"), File("big3", BIG + b"x"),
+               Sparse("sparse", 1 << 20, [(4096, b"data"), (600_000, BIG[:9000])])], compression=compression),
+        Layer([File(f"many/f{i:04d}", b"%d" % i * (i % 50)) for i in range(300)], compression=compression),
+    ])
+
+
+def _source(tmp_path: Path, kind: str) -> str:
+    if kind == "docker":
+        write_docker_archive(tmp_path / "img.tar", _spec())
+        return str(tmp_path / "img.tar")
+    write_oci_layout(tmp_path / "layout", _spec(kind))
+    return f"oci:{tmp_path / 'layout'}"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["docker", "gzip", "zstd"])
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.zst"])
+def test_flattened_tar_is_the_same_bytes_with_or_without_helper_processes(
+    tmp_path: Path, kind: str, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _source(tmp_path, kind)
+    convert(src, tmp_path / f"forked{suffix}", flatten=True)
+    # every big content copied by the builder itself, at its offset (the assembler skips)
+    monkeypatch.setattr(tar_sink, "_COPY_COST", 1 << 40)
+    convert(src, tmp_path / f"placed{suffix}", flatten=True)
+    monkeypatch.setattr(workers, "CAN_FORK", False)
+    monkeypatch.setattr(tar_sink, "CAN_FORK", False)
+    convert(src, tmp_path / f"single{suffix}", flatten=True)
+    assert _sha(tmp_path / f"forked{suffix}") == _sha(tmp_path / f"single{suffix}") == _sha(tmp_path / f"placed{suffix}")
+
+
+@pytest.mark.parametrize("kind", ["docker", "gzip", "zstd"])
+def test_directory_is_the_same_with_or_without_helper_processes(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path, kind)
+    convert(src, tmp_path / "forked")
+    monkeypatch.setattr(workers, "CAN_FORK", False)
+    convert(src, tmp_path / "threads")
+    assert list_directory(tmp_path / "forked") == list_directory(tmp_path / "threads")
+    assert (tmp_path / "forked" / "big3").read_bytes() == BIG + b"x"
+    assert not (tmp_path / "forked" / "gone").exists()
+
+
+@pytest.mark.parametrize("kind", ["docker", "gzip"])
+def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper dies (OOM killer, kill -9): the merge must not wait forever for its
+    report, and the destination must stay absent."""
+    src = _source(tmp_path, kind)
+    original = workers.Workers._dispatch
+
+    def dispatch_then_kill(self: workers.Workers) -> None:
+        original(self)
+        for h in self._helpers:
+            if h.job is not None:
+                os.kill(h.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(workers.Workers, "_dispatch", dispatch_then_kill)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="helper process died.*signal 9"):
+        convert(src, out)
+    assert not out.exists()
+
+
+def test_a_digest_mismatch_found_by_a_helper_keeps_its_message(tmp_path: Path) -> None:
+    """Errors cross the process boundary as the same class with the same message."""
+    spec = _spec("gzip")
+    built = write_oci_layout(tmp_path / "layout", spec)
+    blob = tmp_path / "layout" / "blobs" / "sha256" / built.layer_digests[2].split(":", 1)[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="layer 3"):
+        convert(f"oci:{tmp_path / 'layout'}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_thread_fallback_hashes_and_reports_like_the_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "CAN_FORK", False)
+    src = tmp_path / "img.tar"
+    write_docker_archive(src, _spec())
+    data = bytearray(src.read_bytes())
+    at = data.find(BIG[::-1][:64])
+    data[at] ^= 0xFF
+    src.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="layer 1"):
+        convert(str(src), tmp_path / "out")
