@@ -114,6 +114,15 @@ def anonymous_file(directory: Optional[str]) -> int:
     return fd
 
 
+def close_quietly(fd: int) -> None:
+    """Close ``fd`` if it is one (cleanup paths: an error here would hide the real one)."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def pwrite_all(fd: int, view: memoryview, offset: int) -> int:
     """Write all of ``view`` at ``offset``; return the offset after it."""
     while view:
@@ -199,11 +208,7 @@ class InflateAhead:
 
     def close_file(self) -> None:
         fd, self.fd = self.fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(fd)
 
 
 class _Stopped(Exception):

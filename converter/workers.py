@@ -39,7 +39,7 @@ from .digest import Expectation
 from .errors import ConverterError, IntegrityError, OutputError
 from .forking import CAN_FORK, die_with_parent, error_from_wire, error_to_wire
 from .image import FileRegion
-from .inflate import InflateSpec, anonymous_file, inflate_layer, pwrite_all
+from .inflate import InflateSpec, anonymous_file, close_quietly, inflate_layer, pwrite_all
 
 #: helpers to fork: the bench machine has two cores, and more gave nothing there
 SIZE = max(1, min(2, os.cpu_count() or 1))
@@ -84,11 +84,7 @@ class Job:
 
     def close_file(self) -> None:
         fd, self.fd = self.fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(fd)
 
 
 class _Helper:

@@ -357,6 +357,21 @@ def _open_out(fd: int, kind: str, level: Optional[int], what: str, placed: Optio
     return _PipedOut(fd, kind, level, what, placed) if CAN_FORK else _Out(fd, kind, level)
 
 
+def _finish(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions, *, verify_first: bool) -> int:
+    """Emit every entry and the end of archive; a failure stops the assembler."""
+    try:
+        count = emit(plan, out, options)
+        if verify_first:
+            plan.verify()
+        out.write(END_OF_ARCHIVE)
+        out.close()
+    except BaseException:
+        if isinstance(out, _PipedOut):
+            out.abort()
+        raise
+    return count
+
+
 def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
     """Write every entry (root first); return the entry count.  No end-of-archive."""
     ids = options.ids
@@ -459,15 +474,8 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         fd = sys.stdout.buffer.fileno()
         sys.stdout.flush()
         out = _open_out(fd, kind, options.level, "standard output")
-        try:
-            count = emit(plan, out, options)
-            plan.verify()  # on a mismatch the consumer sees a tar without its end blocks
-            out.write(END_OF_ARCHIVE)
-            out.close()
-        except BaseException:
-            if isinstance(out, _PipedOut):
-                out.abort()
-            raise
+        # on a mismatch the consumer sees a tar without its end blocks
+        count = _finish(plan, out, options, verify_first=True)
         return TarResult("-", count, out.count, kind)
     dest = os.path.abspath(dest)
     ensure_parent(dest)
@@ -478,20 +486,13 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
-    out: Optional[Union[_Out, _PipedOut]] = None
     placed = -1
     try:
         try:
             if kind == "none":
                 placed = os.open(partial, os.O_WRONLY | os.O_CLOEXEC)
             out = _open_out(fd, kind, options.level, dest, placed if placed >= 0 else None)
-            count = emit(plan, out, options)
-            out.write(END_OF_ARCHIVE)
-            out.close()
-        except BaseException:
-            if isinstance(out, _PipedOut):
-                out.abort()
-            raise
+            count = _finish(plan, out, options, verify_first=False)
         finally:
             os.close(fd)
             if placed >= 0:
