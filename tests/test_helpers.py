@@ -86,19 +86,37 @@ def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(tmp_path: Pa
     """The helper dies (OOM killer, kill -9): the merge must not wait forever for its
     report, and the destination must stay absent."""
     src = _source(tmp_path, kind)
-    original = workers.Workers._dispatch
+    original = workers.Workers._submit
 
-    def dispatch_then_kill(self: workers.Workers) -> None:
-        original(self)
+    def submit_then_kill(self: workers.Workers, job: workers.Job) -> None:
+        original(self, job)
         for h in self._helpers:
-            if h.job is not None:
+            if h.jobs:
                 os.kill(h.pid, signal.SIGKILL)
 
-    monkeypatch.setattr(workers.Workers, "_dispatch", dispatch_then_kill)
+    monkeypatch.setattr(workers.Workers, "_submit", submit_then_kill)
     out = tmp_path / "out"
     with pytest.raises(OutputError, match="helper process died.*signal 9"):
         convert(src, out)
     assert not out.exists()
+
+
+def test_a_helper_killed_by_sigbus_reports_the_source_changing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing reads the source through mmap: a file truncated under it raises SIGBUS in
+    the helper, which the run reports as an integrity failure of that layer."""
+    src = _source(tmp_path, "docker")
+    original = workers.Workers._submit
+
+    def submit_then_bus(self: workers.Workers, job: workers.Job) -> None:
+        original(self, job)
+        for h in self._helpers:
+            if h.jobs:
+                os.kill(h.pid, signal.SIGBUS)
+
+    monkeypatch.setattr(workers.Workers, "_submit", submit_then_bus)
+    with pytest.raises(IntegrityError, match="layer 1.*changed while it was read"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_digest_mismatch_found_by_a_helper_keeps_its_message(tmp_path: Path) -> None:
