@@ -29,6 +29,7 @@ from typing import Callable, Optional, Protocol
 from . import compression
 from .digest import Expectation
 from .errors import ConverterError, InputError, IntegrityError, LimitError, OutputError
+from .forking import CAN_FORK
 
 _CHUNK = 1 << 20
 
@@ -121,6 +122,58 @@ def close_quietly(fd: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+#: inflated files bigger than this in all are freed by an orphan process (see release_files)
+DETACH_AT = 64 << 20
+
+
+def release_files(fds: list[int]) -> None:
+    """Close the inflated layer files.
+
+    Freeing a big temporary file is kernel work charged to whoever drops the last
+    reference: about 70 ms for 600 MB on tmpfs, spent after the output is complete.  Above
+    :data:`DETACH_AT` the last references go to a short-lived orphan process (double
+    fork, so nobody has to reap it) that frees them while this process returns; the
+    orphan closes every other descriptor first, so it never holds a pipe open."""
+    fds = [fd for fd in fds if fd >= 0]
+    total = 0
+    for fd in fds:
+        try:
+            total += os.fstat(fd).st_size
+        except OSError:
+            pass
+    if total >= DETACH_AT and CAN_FORK:
+        try:
+            _free_in_orphan(fds)
+        except OSError:
+            pass  # no process to spare: free them here
+    for fd in fds:
+        close_quietly(fd)
+
+
+def _free_in_orphan(fds: list[int]) -> None:
+    import gc
+
+    gc.freeze()  # the children must not run the cyclic GC over the inherited heap
+    try:
+        pid = os.fork()
+    finally:
+        gc.unfreeze()
+    if pid == 0:  # pragma: no cover - runs in the short-lived child
+        try:
+            if os.fork() == 0:
+                keep = sorted(fds)
+                low = 0
+                for fd in keep:
+                    os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, 1 << 16)
+                for fd in keep:
+                    close_quietly(fd)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> int:

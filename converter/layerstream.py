@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Optional
 
 from . import compression
 from .errors import LimitError
@@ -114,12 +114,11 @@ class LayerReading:
             return tar_offset
         return self._ahead.counters[0]
 
-    def keep_file(self) -> Callable[[], None]:
-        """The inflated file must outlive this reading (sinks copy from it): hand its
-        closing to the caller."""
-        ahead = self._ahead
+    def keep_file(self) -> Optional[Inflation]:
+        """The inflated file must outlive this reading (sinks copy from it): hand it, and
+        its closing, to the caller."""
         self._kept = True
-        return (lambda: ahead.close_file()) if ahead is not None else (lambda: None)
+        return self._ahead
 
     def check_declared(self, end_offset: int, limits: Limits) -> None:
         """Bomb check from headers alone: a 20 GiB entry in a 1 MB layer fails at once."""

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 from .errors import InputError, LimitError, UnsafeEntryError
 from .image import Image, Layer
+from .inflate import Inflation, release_files
 from .layerstream import LayerReading, Limits
 from .workers import Workers
 from .paths import Parts, join, show, split_name
@@ -146,6 +147,7 @@ class Plan:
     events: Events
     readings: list[LayerReading] = field(default_factory=list, repr=False)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _inflated: list[Inflation] = field(default_factory=list, repr=False)
 
     def walk(self) -> Iterator[tuple[Parts, Node]]:
         """Every entry below the root, parents before children, each directory's children
@@ -180,6 +182,12 @@ class Plan:
                 self._closers.pop()()
             except OSError:
                 pass
+        fds = []
+        for inflated in self._inflated:
+            fds.append(inflated.fd)
+            inflated.fd = -1
+        self._inflated = []
+        release_files(fds)
 
 
 @dataclass
@@ -590,7 +598,9 @@ def build_plan(
         reading = LayerReading(layer, verify=options.verify, workers=pool, limits=options.limits,
                                spool_dir=options.spool_dir)
         readings.append(reading)
-        plan._closers.append(reading.keep_file())  # sinks copy contents out of inflated layers
+        inflated = reading.keep_file()  # sinks copy contents out of inflated layers
+        if inflated is not None:
+            plan._inflated.append(inflated)
         return reading
 
     opened: list[LayerReading] = []
@@ -600,11 +610,15 @@ def build_plan(
         is applied: every file-backed layer at once when helper processes do that work
         (they take the queued jobs in order, and none waits idle for the merge), else the
         next AHEAD (threads compete for the GIL, and streams hold connections)."""
-        while len(opened) < len(todo):
-            nxt = len(opened)
-            if nxt >= position + AHEAD and not (pool.forks and todo[nxt].blob.region is not None):
-                return
-            opened.append(open_reading(nxt))  # type: ignore[arg-type]
+        pool.hold()
+        try:
+            while len(opened) < len(todo):
+                nxt = len(opened)
+                if nxt >= position + AHEAD and not (pool.forks and todo[nxt].blob.region is not None):
+                    return
+                opened.append(open_reading(nxt))  # type: ignore[arg-type]
+        finally:
+            pool.release()
 
     try:
         for position, layer in enumerate(todo):

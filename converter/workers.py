@@ -118,6 +118,31 @@ class Workers:
         self.forks = CAN_FORK if fork is None else fork
         self._helpers: list[_Helper] = []
         self._hasher: Optional[_HashThread] = None
+        self._held: Optional[list[Job]] = None
+
+    def hold(self) -> None:
+        """Collect the jobs submitted from now on; :meth:`release` shares them out."""
+        self._held = []
+
+    def release(self) -> None:
+        """Share the held jobs out so the helpers finish together: biggest first to the
+        least loaded helper, then each helper gets its jobs in submission order (the merge
+        needs the bottom layer first).  Submitted one by one, a big last layer could land
+        behind a big first one (measured on the bench image: 334 against 275 MB of work
+        instead of 306 and 303)."""
+        held, self._held = self._held or [], None
+        while len(self._helpers) < min(self.size, len(held)):
+            self._spawn()
+        if not self._helpers:
+            return
+        loads = {id(h): h.load for h in self._helpers}
+        share: dict[int, _Helper] = {}
+        for job in sorted(held, key=lambda j: -int(j.request["size"])):
+            helper = min(self._helpers, key=lambda h: loads[id(h)])
+            loads[id(helper)] += int(job.request["size"])
+            share[id(job)] = helper
+        for job in held:
+            self._send(job, share[id(job)])
 
     # ----- submitting ---------------------------------------------------------------
     def hash(self, region: FileRegion, expectations: list[tuple[Optional[str], Optional[int], str]], *, what: str) -> Any:
@@ -142,10 +167,16 @@ class Workers:
         return job
 
     def _submit(self, job: Job) -> None:
+        if self._held is not None:
+            self._held.append(job)
+            return
         if len(self._helpers) < self.size:
             helper = self._spawn()
         else:
             helper = min(self._helpers, key=lambda h: h.load)
+        self._send(job, helper)
+
+    def _send(self, job: Job, helper: _Helper) -> None:
         data = json.dumps(job.request).encode()
         try:
             socket.send_fds(helper.sock, [_LEN.pack(len(data)) + data], job.fds)
@@ -159,6 +190,8 @@ class Workers:
     # ----- the parent's side of the conversation ------------------------------------
     def pump(self) -> None:
         """Wait until some helper says something; apply what it said."""
+        if self._held:
+            self.release()  # (a wait before release would otherwise never end)
         busy = [h for h in self._helpers if h.jobs]
         if not busy:
             raise RuntimeError("waiting on a job no helper runs")  # a bug, never a user error
@@ -211,6 +244,10 @@ class Workers:
     def cancel(self, job: Job) -> None:
         """Stop ``job``: the helper holding it is killed (the only way to stop it mid-layer)
         and the other jobs it held go to the helpers left."""
+        if self._held is not None and job in self._held:
+            self._held.remove(job)
+            self._finish(job, None)
+            return
         for h in self._helpers:
             if job in h.jobs:
                 others = [j for j in h.jobs if j is not job]
@@ -260,6 +297,9 @@ class Workers:
         return helper
 
     def close(self) -> None:
+        for job in self._held or []:
+            self._finish(job, None)
+        self._held = None
         for h in list(self._helpers):
             jobs = list(h.jobs)
             self._drop(h)
@@ -282,6 +322,9 @@ def _serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no c
     """Run jobs until the parent hangs up.  Interrupts are the parent's business: it
     cleans up and its death takes the helper with it (PR_SET_PDEATHSIG)."""
     die_with_parent()
+    import faulthandler
+
+    faulthandler.disable()  # a fatal signal is the parent's to report (see Workers._read)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()

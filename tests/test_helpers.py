@@ -86,15 +86,15 @@ def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(tmp_path: Pa
     """The helper dies (OOM killer, kill -9): the merge must not wait forever for its
     report, and the destination must stay absent."""
     src = _source(tmp_path, kind)
-    original = workers.Workers._submit
+    original = workers.Workers._send
 
-    def submit_then_kill(self: workers.Workers, job: workers.Job) -> None:
-        original(self, job)
+    def send_then_kill(self: workers.Workers, job: workers.Job, helper: object) -> None:
+        original(self, job, helper)
         for h in self._helpers:
             if h.jobs:
                 os.kill(h.pid, signal.SIGKILL)
 
-    monkeypatch.setattr(workers.Workers, "_submit", submit_then_kill)
+    monkeypatch.setattr(workers.Workers, "_send", send_then_kill)
     out = tmp_path / "out"
     with pytest.raises(OutputError, match="helper process died.*signal 9"):
         convert(src, out)
@@ -105,16 +105,16 @@ def test_a_helper_killed_by_sigbus_reports_the_source_changing(tmp_path: Path, m
     """Hashing reads the source through mmap: a file truncated under it raises SIGBUS in
     the helper, which the run reports as an integrity failure of that layer."""
     src = _source(tmp_path, "docker")
-    original = workers.Workers._submit
+    original = workers.Workers._send
 
-    def submit_then_bus(self: workers.Workers, job: workers.Job) -> None:
-        original(self, job)
+    def send_then_bus(self: workers.Workers, job: workers.Job, helper: object) -> None:
+        original(self, job, helper)
         for h in self._helpers:
             if h.jobs:
                 os.kill(h.pid, signal.SIGBUS)
 
-    monkeypatch.setattr(workers.Workers, "_submit", submit_then_bus)
-    with pytest.raises(IntegrityError, match="layer 1.*changed while it was read"):
+    monkeypatch.setattr(workers.Workers, "_send", send_then_bus)
+    with pytest.raises(IntegrityError, match=r"layer \d.*changed while it was read"):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -143,3 +143,38 @@ def test_the_thread_fallback_hashes_and_reports_like_the_helpers(tmp_path: Path,
     src.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="layer 1"):
         convert(str(src), tmp_path / "out")
+
+
+def test_big_inflated_files_are_freed_by_an_orphan_that_leaves_no_child_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freeing gigabytes of inflated layers is handed to a double-forked orphan: the run
+    returns a complete output, and this process is left with no child (no zombie) and no
+    descriptor of the inflated files."""
+    from converter import inflate
+
+    monkeypatch.setattr(inflate, "DETACH_AT", 0)
+    src = _source(tmp_path, "gzip")
+    fds_before = set(os.listdir("/proc/self/fd"))
+    kids_before = _children()
+    convert(src, tmp_path / "out")
+    assert (tmp_path / "out" / "big3").read_bytes() == BIG + b"x"
+    assert not _children() - kids_before
+    leaked = set(os.listdir("/proc/self/fd")) - fds_before
+    assert not [fd for fd in leaked if "rootfs-layer" in os.readlink(f"/proc/self/fd/{fd}")]
+
+
+def _children() -> set[int]:
+    """Child processes of this one, zombies included."""
+    me = str(os.getpid())
+    kids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                kids.add(int(entry))
+    return kids
