@@ -31,7 +31,7 @@ from .inflate import Inflation, release_files
 from .layerstream import LayerReading, Limits
 from .workers import Workers
 from .paths import Parts, join, show, split_name
-from .tar.reader import TarEntry, TarReader
+from .tar.reader import TarEntry
 
 WH = b".wh."
 WH_META = b".wh..wh."
@@ -233,7 +233,7 @@ class Merger:
         deferred: dict[Parts, TarEntry] = {}
         # data is skipped by seeking (in the source or the inflated file): a small buffer
         # avoids reading it anyway
-        reader = TarReader(reading.source, name=layer.label, buffer_size=64 << 10)
+        reader = reading.open_reader(buffer_size=64 << 10)
         limits = self.options.limits
         in_place = reading.region
         assert in_place is not None
@@ -332,6 +332,8 @@ class Merger:
             parent = self._pcache_node
         else:
             parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
+            if parent is None:
+                return None  # the path leads under a whiteout name (see _resolve_dir)
             self._pcache_key, self._pcache_node = dirparts, parent
             self._keepalive.append(parent)
         assert parent is not None
@@ -429,7 +431,12 @@ class Merger:
         root, ``..`` stops there), at most MAX_HOPS of them.  With ``create``, missing
         directories are implied (EDGE-CASES 43) and a non-directory in the way is replaced
         by one (EDGE-CASES 45, as umoci does) with a warning; without it, None is returned
-        for a path that does not lead to a directory."""
+        for a path that does not lead to a directory.
+
+        A path that reaches a ``.wh.``-named component through a symlink is under a
+        whiteout name, like one spelled that way (which the callers skip before): None
+        here too, with the same decision, so no ``.wh.`` name is ever created in the
+        model (a flattened tar holding one would delete files where it is applied)."""
         stack = [self.root]
         names: list[bytes] = []  # the real path of stack[-1], for messages
         # implied directories take the entry's mtime, clamped like any other (EDGE-CASES 61)
@@ -445,6 +452,10 @@ class Merger:
                 continue
             if name == b"." or not name:
                 continue
+            if name.startswith(WH) and not self.options.keep_whiteouts:
+                if create:
+                    self.events.decide("skip", f"{self._what(entry)}: leads under the whiteout name {show(name)}")
+                return None
             cur = stack[-1]
             children = cur.children
             assert children is not None
@@ -460,6 +471,13 @@ class Merger:
                 if hops > MAX_HOPS:
                     raise UnsafeEntryError(f"{self._what(entry)}: too many levels of symbolic links (ELOOP)")
                 target = child.linkname
+                if WH in target and not self.options.keep_whiteouts and any(
+                    c.startswith(WH) for c in target.split(b"/")
+                ):
+                    # checked before following, so nothing is implied on the way there
+                    if create:
+                        self.events.decide("skip", f"{self._what(entry)}: leads under a whiteout name via {show(name)}")
+                    return None
                 if target.startswith(b"/"):
                     del stack[1:]
                     del names[:]
@@ -491,7 +509,8 @@ class Merger:
             return
         if base == WH_OPAQUE:
             directory = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
-            assert directory is not None
+            if directory is None:
+                return
             self._hide_lower(directory)
             self.events.decide("opaque", f"{show(parts[:-1])}: lower contents hidden")
             return
@@ -560,7 +579,9 @@ class Merger:
         if target.kind == DIR:
             raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which is a directory")
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
-        assert parent is not None and parent.children is not None
+        if parent is None:
+            return True  # under a whiteout name: skipped (see _resolve_dir)
+        assert parent.children is not None
         self._touch(parent, parts[-1], None)
         if parent.children.get(parts[-1]) is not target:
             target.nlink += 1

@@ -510,6 +510,20 @@ def test_edge_29_whiteout_of_missing_path_is_a_noop(tmp_path: Path, sink: str) -
     assert got.listing == expect(D("d"), F("d/f", b"f"))  # no implied "no/such/dir" either
 
 
+def test_edge_33_no_whiteout_name_is_created_through_a_symlink(tmp_path: Path, sink: str) -> None:
+    """A path that reaches a .wh. name through a symlink is under a whiteout name, like one
+    spelled that way: skipped, so neither output ever holds a .wh. entry (a flattened tar
+    with one would delete files wherever it is applied).  Found by the fuzzer."""
+    lower = [Symlink("b", ".wh.a"), Symlink("c", "x/.wh..wh..opq/y"), File("keep", b"k")]
+    upper = [File("b/a", b"through"), Hardlink("b/h", "keep"), File("c/z", b"z")]
+    got = run(image(lower, upper), tmp_path, sink)
+    assert got.listing == expect(
+        L("b", ".wh.a"),
+        L("c", "x/.wh..wh..opq/y"),
+        F("keep", b"k"),
+    )
+
+
 def test_edge_30_whiteout_under_symlinked_parent_resolves_inside_the_root(tmp_path: Path, sink: str) -> None:
     # Targets that do not exist on the host: a converter resolving on the host would fail
     # to find them rather than delete anything real.
