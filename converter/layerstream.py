@@ -28,8 +28,8 @@ from . import compression
 from .errors import LimitError
 from .image import FileRegion, Layer
 from .inflate import FollowSource, InflateAhead, InflateSpec, Inflation
-from .workers import Workers
-from .tar.reader import FileSource
+from .tar.reader import FileSource, TarReader
+from .workers import Job, RemoteTarReader, Workers
 
 GIB = 1 << 30
 
@@ -61,6 +61,7 @@ class LayerReading:
         self.region: Optional[FileRegion] = None  # set when entry data can be read in place
         self.compression = compression.NONE
         self._check: Any = None  # the background hash of an in-place layer
+        self._remote: Optional[Job] = None  # ... when that helper also parses it
         self._ahead: Optional[Inflation] = None
         self._raw: Optional[BinaryIO] = None
         self._kept = False
@@ -74,6 +75,8 @@ class LayerReading:
         if region is not None and self.compression == compression.NONE:
             self.region = region
             exps = _in_place_expectations(layer) if verify else []
+            if workers.forks:
+                self._remote = workers.parse(region, what=what)  # see RemoteTarReader
             if exps:
                 self._check = workers.hash(region, exps, what=what)
             self.source = FileSource(region.fd, region.offset, region.size)
@@ -107,6 +110,12 @@ class LayerReading:
             self._ahead = InflateAhead(spec, raw_read, directory=spool_dir)
         self.region = FileRegion(self._ahead.fd, 0, 0)  # entry data is read in place, from the inflated file
         self.source = FollowSource(self._ahead)
+
+    def open_reader(self, *, buffer_size: int) -> "TarReader | RemoteTarReader":
+        """The layer's entries: parsed by its helper when one does, else here."""
+        if self._remote is not None:
+            return RemoteTarReader(self._remote)
+        return TarReader(self.source, name=self.label, buffer_size=buffer_size)
 
     def stored_bytes_read(self, tar_offset: int) -> int:
         """How much of the stored blob has been consumed (for progress)."""

@@ -369,11 +369,11 @@ def test_interrupt_while_helpers_start_or_report(arena: Arena, sink: str, where:
     original = getattr(workers.Workers, where)
     calls = []
 
-    def interrupted(self: workers.Workers, *args: object) -> object:
+    def interrupted(self: workers.Workers, *args: object, **kwargs: object) -> object:
         calls.append(where)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(workers.Workers, where, interrupted)
     before = _children()
