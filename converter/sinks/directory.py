@@ -451,7 +451,9 @@ class DirectoryWriter:
 
     def _symlink(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
         os.symlink(node.linkname, name, dir_fd=parent_fd)
-        if self.privileged:
+        # a new link is ours already (no directory is setgid while writing: their modes
+        # come last), so like files only other owners need the call
+        if self.privileged and (uid, gid) != self._self_ids:
             self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid, parts)
         if node.xattrs:
             self._xattrs(None, (parent_fd, name), parts, node.xattrs)
