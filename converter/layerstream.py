@@ -20,6 +20,7 @@ anything is committed: :meth:`LayerReading.finish` raises the producer's error,
 from __future__ import annotations
 
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Optional
@@ -95,6 +96,11 @@ class LayerReading:
             diff_id=diff_id, max_ratio=limits.max_ratio, ratio_floor=limits.ratio_floor,
         )
         if region is not None and workers.forks:
+            if spec.digest or spec.size is not None:
+                # the blob check runs as its own job, so the balancer can put it beside
+                # the inflation instead of inside it
+                spec = dataclasses.replace(spec, raw_checked_elsewhere=True)
+                self._check = workers.hash(region, [(layer.digest, layer.size, f"{what} blob")], what=what)
             self._ahead = workers.inflate(region, spec, directory=spool_dir)
         else:
             if raw is None:

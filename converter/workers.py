@@ -583,7 +583,8 @@ def _run_inflate(request: dict[str, Any], fds: list[int], counters: list[int], s
         written = pwrite_all(out, view, written)
         sock.sendall(_REC.pack(b"P", counters[0], written))
 
-    inflate_layer(spec, _region_reader(src, request["offset"], request["size"]), emit, counters)
+    offset, size = request["offset"], request["size"]
+    inflate_layer(spec, _region_reader(src, offset, size), emit, counters, restart=lambda: _region_reader(src, offset, size))
 
 
 def hash_region(region: FileRegion, expectations: list[Expectation], stop: Optional[threading.Event] = None) -> None:

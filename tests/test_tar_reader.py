@@ -843,7 +843,7 @@ def test_offsets_agree_with_tarfile_and_file_source_region(tmp_path) -> None:
         assert end == 7168 and r.finish() == len(data) - end  # the "K" bytes are outside
     finally:
         os.close(fd)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
         theirs = [(m.name.encode() + (b"/" if m.isdir() else b""), m.offset, m.offset_data, m.size) for m in tf]
     assert mine == theirs
 
@@ -895,7 +895,7 @@ def norm_type(t: bytes) -> bytes:
 
 def compare_with_tarfile(data: bytes, bodies: dict[bytes, bytes] | None = None) -> int:
     mine = read_all(data)
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tf:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
         theirs = tf.getmembers()
         assert len(mine) == len(theirs)
         for (e, body), t in zip(mine, theirs):
