@@ -363,12 +363,44 @@ class DirectoryWriter:
     def _worker(self, jobs: Iterator[Job], fds: DirFds) -> None:
         identity = self.options.ids.identity
         ids = self.options.ids
+        # The everyday file (ids kept, ours or no privileges, no special bits, xattrs or
+        # holes) is written inline: create with its final mode, copy, set mtime, close.
+        # Per file that is four syscalls of about 12 us in all, and the general path
+        # below added about 3 us of Python to them.
+        fast = identity and (self.privileged or self.options.keep_ids != "xattr")
+        privileged = self.privileged
+        self_uid, self_gid = self._self_ids
+        files = nbytes = 0
+        open_, sendfile, utime, close = os.open, os.sendfile, os.utime, os.close
         for dparts, d, names in jobs:
             dfd = fds.get(dparts)
             children = d.children
             assert children is not None
             for name in names:
                 node = children[name]
+                if (fast and node.kind == REG and node.sparse is None and not node.xattrs and not node.mode & 0o7000
+                        and (not privileged or (node.uid == self_uid and node.gid == self_gid))):
+                    try:
+                        fd = open_(name, _FILE_FLAGS, node.mode & 0o777, dir_fd=dfd)
+                        try:
+                            left = node.size
+                            if left:
+                                src, off = node.fd, node.offset
+                                while left:
+                                    n = sendfile(fd, src, off, left if left < _SENDFILE_MAX else _SENDFILE_MAX)
+                                    if not n:
+                                        raise OutputError(f"output {show(dparts + (name,))}: source ended early (truncated layer?)")
+                                    off += n
+                                    left -= n
+                                nbytes += node.size
+                            mtime = node.mtime_ns
+                            utime(fd, ns=(mtime, mtime))
+                        finally:
+                            close(fd)
+                    except OSError as exc:
+                        raise _os_error(dparts + (name,), exc, "create") from None
+                    files += 1
+                    continue
                 parts = dparts + (name,)
                 try:
                     uid, gid = (node.uid, node.gid) if identity else ids.map(node.uid, node.gid, where=f"output {show(parts)}")
@@ -381,6 +413,9 @@ class DirectoryWriter:
                         self._skipped.add(id(node))
                 except OSError as exc:
                     raise _os_error(parts, exc, "create") from None
+        with self._count_lock:
+            self.result.files += files
+            self.result.bytes += nbytes
 
     # ----- kinds ------------------------------------------------------------------------
     def _file(self, parent_fd: int, name: bytes, parts: Parts, node: Node, uid: int, gid: int) -> None:
@@ -539,6 +574,7 @@ class DirectoryWriter:
 
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
+_SENDFILE_MAX = 1 << 30
 _BATCH = 256
 
 
