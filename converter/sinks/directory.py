@@ -172,38 +172,52 @@ class DirectoryWriter:
         heads: dict[int, Parts] = {}
         result = self.result
         stack: list[tuple[Parts, Node]] = [((), self.plan.root)]
+        mkdir = os.mkdir
+        entries = need = 0
+        costs: list[int] = []  # per job, for sharing them out (see _split)
         while stack:
             dparts, d = stack.pop()
             dfd = self.fds.get(dparts)
-            assert d.children is not None
+            children = d.children
+            assert children is not None
+            entries += len(children)
             batch: list[bytes] = []
-            for name, node in d.children.items():
-                result.entries += 1
-                if node.kind == DIR:
+            batch_bytes = 0
+            for name, node in children.items():
+                kind = node.kind
+                if kind == DIR:
                     parts = dparts + (name,)
                     try:
-                        os.mkdir(name, 0o700, dir_fd=dfd)
+                        mkdir(name, 0o700, dir_fd=dfd)
                     except OSError as exc:
                         raise _os_error(parts, exc, "create") from None
                     dirs.append((parts, node))
                     stack.append((parts, node))
-                    result.dirs += 1
                     continue
-                key = id(node)
-                head = heads.get(key) if node.nlink > 1 else None
-                if head is None:
-                    if node.nlink > 1:  # only inodes with several names need their first one kept
-                        heads[key] = dparts + (name,)
-                    batch.append(name)
-                    if len(batch) >= _BATCH:
-                        jobs.append((dparts, d, batch))
-                        batch = []
-                else:
-                    links.append((key, head, dparts + (name,)))
+                if node.nlink > 1:  # only inodes with several names need their first one kept
+                    key = id(node)
+                    head = heads.get(key)
+                    if head is not None:
+                        links.append((key, head, dparts + (name,)))
+                        continue
+                    heads[key] = dparts + (name,)
+                batch.append(name)
+                if kind == REG:
+                    size = node.size if node.sparse is None else node.stored_size
+                    need += size
+                    batch_bytes += size
+                if len(batch) >= _BATCH:
+                    jobs.append((dparts, d, batch))
+                    costs.append(len(batch) * _FILE_COST + batch_bytes)
+                    batch = []
+                    batch_bytes = 0
             if batch:
                 jobs.append((dparts, d, batch))
-        self._check_size(jobs)
-        self._run_jobs(jobs)
+                costs.append(len(batch) * _FILE_COST + batch_bytes)
+        result.entries += entries
+        result.dirs += len(dirs)
+        self._check_size(need)
+        self._run_jobs(jobs, costs)
         for key, head, parts in links:
             if key in self._skipped:
                 continue
@@ -220,29 +234,21 @@ class DirectoryWriter:
                 raise _os_error(parts, exc, "set metadata on") from None
         self._dir_meta(self.root_fd, (), self.plan.root)
 
-    def _check_size(self, jobs: list[Job]) -> None:
+    def _check_size(self, need: int) -> None:
         """--max-size and free space, checked on the whole result before any data is
         written (the writers then run in parallel, each seeing only its share)."""
-        need = 0
-        for _, d, names in jobs:
-            children = d.children
-            assert children is not None
-            for name in names:
-                node = children[name]
-                if node.kind == REG:
-                    need += node.stored_size
         if self.limit is not None and need > self.limit:
             raise LimitError(f"the image writes {need} bytes, more than --max-size {self.limit}")
         if self.free is not None and need > self.free:
             raise OutputError(f"the image needs {need} bytes but only {self.free} are free at the destination")
 
-    def _run_jobs(self, jobs: list[Job]) -> None:
+    def _run_jobs(self, jobs: list[Job], costs: list[int]) -> None:
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
             self._worker(iter(jobs), self.fds)
             return
         if CAN_FORK:
-            self._run_jobs_forked(jobs, workers)
+            self._run_jobs_forked(jobs, costs, workers)
             return
         feed = iter(jobs)
         lock = threading.Lock()
@@ -275,12 +281,12 @@ class DirectoryWriter:
         if errors:
             raise errors[0]
 
-    def _run_jobs_forked(self, jobs: list[Job], workers: int) -> None:
+    def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int) -> None:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
         the work is split across forked processes that inherit the plan (copy-on-write)
         and the directory fds.  Each child reports counts, warnings and inodes it could
         not create through a pipe, or the one error that stopped it."""
-        shares = _split(jobs, workers)
+        shares = _split(jobs, costs, workers)
         children: list[tuple[int, int]] = []
         # the children must not run the cyclic GC over the inherited plan: it would touch
         # (and so copy) every page of it
@@ -600,16 +606,11 @@ def _read_all(fd: int) -> bytes:
         parts.append(chunk)
 
 
-def _split(jobs: list[Job], workers: int) -> list[list[Job]]:
+def _split(jobs: list[Job], costs: list[int], workers: int) -> list[list[Job]]:
     """Contiguous runs of jobs of about equal cost, one per writer.  Jobs come in tree
     order, so each writer mostly creates in directories the other does not touch:
     interleaving batches made both writers create in the same directory at once, where
     they queue on its lock."""
-    costs = []
-    for _, d, names in jobs:
-        children = d.children
-        assert children is not None
-        costs.append(sum(_FILE_COST + children[n].size for n in names))
     total = sum(costs)
     shares: list[list[Job]] = [[] for _ in range(workers)]
     done = 0
