@@ -76,7 +76,7 @@ class LayerReading:
         if region is not None and self.compression == compression.NONE:
             self.region = region
             exps = _in_place_expectations(layer) if verify else []
-            if workers.forks:
+            if workers.forks and workers.parse_remote:
                 self._remote = workers.parse(region, what=what)  # see RemoteTarReader
             if exps:
                 self._check = workers.hash(region, exps, what=what)

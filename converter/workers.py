@@ -128,6 +128,9 @@ class Workers:
         self._helpers: list[_Helper] = []
         self._hasher: Optional[_HashThread] = None
         self._held: Optional[list[Job]] = None
+        #: in-place layers are parsed by a helper too (see RemoteTarReader); the merge
+        #: asks for it when helpers would otherwise have nothing to do
+        self.parse_remote = False
 
     def hold(self) -> None:
         """Collect the jobs submitted from now on; :meth:`release` shares them out."""

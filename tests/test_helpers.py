@@ -54,10 +54,19 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(params=[True, False], ids=["parsed-by-helpers", "parsed-here"])
+def parse_remote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways of parsing in-place layers (the merge picks one per image)."""
+    from converter import merge
+
+    monkeypatch.setattr(merge, "PARSE_REMOTE", request.param)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("kind", ["docker", "gzip", "zstd"])
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.zst"])
 def test_flattened_tar_is_the_same_bytes_with_or_without_helper_processes(
-    tmp_path: Path, kind: str, suffix: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kind: str, suffix: str, monkeypatch: pytest.MonkeyPatch, parse_remote: bool
 ) -> None:
     src = _source(tmp_path, kind)
     convert(src, tmp_path / f"forked{suffix}", flatten=True)
@@ -71,7 +80,9 @@ def test_flattened_tar_is_the_same_bytes_with_or_without_helper_processes(
 
 
 @pytest.mark.parametrize("kind", ["docker", "gzip", "zstd"])
-def test_directory_is_the_same_with_or_without_helper_processes(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_directory_is_the_same_with_or_without_helper_processes(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, parse_remote: bool
+) -> None:
     src = _source(tmp_path, kind)
     convert(src, tmp_path / "forked")
     monkeypatch.setattr(workers, "CAN_FORK", False)
@@ -178,3 +189,22 @@ def _children() -> set[int]:
             if fields[1] == me:
                 kids.add(int(entry))
     return kids
+
+
+def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper parses ahead; its error must surface with the same message, at the
+    entry where it happened, as when this process parses."""
+    from converter import merge
+    from converter.errors import InputError
+    from converter.testing.imagegen import Raw
+
+    layers = [Layer([File("ok1", b"1"), File("ok2", b"2" * 700), Raw(name=b"broken", chksum=12345), File("after", b"a")])]
+    write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=layers))
+    messages = []
+    for remote in (True, False):
+        monkeypatch.setattr(merge, "PARSE_REMOTE", remote)
+        with pytest.raises(InputError) as info:
+            convert(str(tmp_path / "img.tar"), tmp_path / f"out{remote}")
+        messages.append(str(info.value))
+        assert not (tmp_path / f"out{remote}").exists()
+    assert messages[0] == messages[1] and "broken" in messages[0] and "checksum" in messages[0]
