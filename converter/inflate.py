@@ -50,6 +50,10 @@ class InflateSpec:
     #: hashed beside the inflation: the inflating helper is the busiest); ``digest`` then
     #: only serves to blame corruption (see inflate_layer)
     raw_checked_elsewhere: bool = False
+    #: the same for the diff_id: the inflated file is hashed by a job of its own once it
+    #: is complete, by whichever helper is free (the inflating one is on the merge's
+    #: critical path)
+    diff_checked_elsewhere: bool = False
 
 
 def inflate_layer(
@@ -70,7 +74,9 @@ def inflate_layer(
     raw_exp = None
     if not spec.raw_checked_elsewhere and (spec.digest or spec.size is not None):
         raw_exp = Expectation(spec.digest, spec.size, what=f"{what} blob")
-    diff_exp = Expectation(spec.diff_id, None, what=f"{what} uncompressed content (diff_id)") if spec.diff_id else None
+    diff_exp = None
+    if spec.diff_id and not spec.diff_checked_elsewhere:
+        diff_exp = Expectation(spec.diff_id, None, what=f"{what} uncompressed content (diff_id)")
     ratio, floor = spec.max_ratio, spec.ratio_floor
     compressed = spec.kind != compression.NONE
 

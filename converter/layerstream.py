@@ -63,6 +63,7 @@ class LayerReading:
         self.compression = compression.NONE
         self._check: Any = None  # the background hash of an in-place layer
         self._remote: Optional[Job] = None  # ... when that helper also parses it
+        self._diff_check: Any = None  # the diff_id check of a layer inflated by a helper
         self._ahead: Optional[Inflation] = None
         self._raw: Optional[BinaryIO] = None
         self._kept = False
@@ -96,12 +97,25 @@ class LayerReading:
             diff_id=diff_id, max_ratio=limits.max_ratio, ratio_floor=limits.ratio_floor,
         )
         if region is not None and workers.forks:
+            # the blob check, and the diff_id check of the inflated file once complete,
+            # run as jobs of their own: the balancer puts them beside the inflations,
+            # which the merge waits for, instead of inside them
             if spec.digest or spec.size is not None:
-                # the blob check runs as its own job, so the balancer can put it beside
-                # the inflation instead of inside it
                 spec = dataclasses.replace(spec, raw_checked_elsewhere=True)
                 self._check = workers.hash(region, [(layer.digest, layer.size, f"{what} blob")], what=what)
-            self._ahead = workers.inflate(region, spec, directory=spool_dir)
+            if spec.diff_id:
+                spec = dataclasses.replace(spec, diff_checked_elsewhere=True)
+            job = workers.inflate(region, spec, directory=spool_dir)
+            if spec.diff_id:
+                diff_id = spec.diff_id
+
+                def check_diff_id() -> None:
+                    inflated = FileRegion(job.fd, 0, job.counters[1])
+                    self._diff_check = workers.hash(
+                        inflated, [(diff_id, None, f"{what} uncompressed content (diff_id)")], what=what)
+
+                job.then = check_diff_id
+            self._ahead = job
         else:
             if raw is None:
                 raw = layer.blob.open()
@@ -159,6 +173,8 @@ class LayerReading:
         """For in-place layers: block until the background hash is done, raise on mismatch."""
         if self._check is not None:
             self._check.wait_done()
+        if self._diff_check is not None:
+            self._diff_check.wait_done()
 
     def close(self) -> None:
         if self._ahead is not None:

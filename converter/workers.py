@@ -36,7 +36,7 @@ import stat
 import struct
 import threading
 from collections import deque
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .digest import Expectation
 from .errors import ConverterError, IntegrityError, OutputError
@@ -67,6 +67,9 @@ class Job:
         self.counters = [0, 0]
         self.done = False
         self.error: Optional[BaseException] = None
+        self.cancelled = False
+        #: called once the job has ended well (e.g. to hash what it produced)
+        self.then: Optional[Callable[[], None]] = None
         # the layer's entries, when the helper parses it (see RemoteTarReader)
         self.batches: deque[tuple[list[tuple], int]] = deque()  # (entries, bytes received)
         self.queued = 0  # bytes of batches received and not read yet
@@ -291,10 +294,14 @@ class Workers:
     def _finish(self, job: Job, error: Optional[BaseException]) -> None:
         job.error = error
         job.done = True
+        then, job.then = job.then, None
+        if then is not None and error is None and not job.cancelled:
+            then()
 
     def cancel(self, job: Job) -> None:
         """Stop ``job``: the helper holding it is killed (the only way to stop it mid-layer)
         and the other jobs it held go to the helpers left."""
+        job.cancelled = True
         if self._held is not None and job in self._held:
             self._held.remove(job)
             self._finish(job, None)
@@ -348,7 +355,11 @@ class Workers:
         return helper
 
     def close(self) -> None:
+        for h in self._helpers:
+            for job in h.jobs:
+                job.cancelled = True
         for job in self._held or []:
+            job.cancelled = True
             self._finish(job, None)
         self._held = None
         for h in list(self._helpers):
