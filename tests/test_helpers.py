@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
+from proctools import child_processes
 from converter.errors import IntegrityError, OutputError
 from converter.listing import list_directory
 from converter.sinks import tar as tar_sink
@@ -92,10 +93,16 @@ def test_directory_is_the_same_with_or_without_helper_processes(
     assert not (tmp_path / "forked" / "gone").exists()
 
 
-@pytest.mark.parametrize("kind", ["docker", "gzip"])
-def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The helper dies (OOM killer, kill -9): the merge must not wait forever for its
-    report, and the destination must stay absent."""
+@pytest.mark.parametrize("kind,sig,error,message", [
+    # the OOM killer, kill -9: the merge must not wait forever for the helper's report
+    ("docker", signal.SIGKILL, OutputError, "helper process died.*signal 9"),
+    ("gzip", signal.SIGKILL, OutputError, "helper process died.*signal 9"),
+    # hashing reads the source through mmap: a file truncated under it raises SIGBUS
+    ("docker", signal.SIGBUS, IntegrityError, r"layer \d.*changed while it was read"),
+])
+def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(
+    tmp_path: Path, kind: str, sig: int, error: type, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = _source(tmp_path, kind)
     original = workers.Workers._send
 
@@ -103,31 +110,13 @@ def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(tmp_path: Pa
         original(self, job, helper)
         for h in self._helpers:
             if h.jobs:
-                os.kill(h.pid, signal.SIGKILL)
+                os.kill(h.pid, sig)
 
     monkeypatch.setattr(workers.Workers, "_send", send_then_kill)
     out = tmp_path / "out"
-    with pytest.raises(OutputError, match="helper process died.*signal 9"):
+    with pytest.raises(error, match=message):
         convert(src, out)
     assert not out.exists()
-
-
-def test_a_helper_killed_by_sigbus_reports_the_source_changing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hashing reads the source through mmap: a file truncated under it raises SIGBUS in
-    the helper, which the run reports as an integrity failure of that layer."""
-    src = _source(tmp_path, "docker")
-    original = workers.Workers._send
-
-    def send_then_bus(self: workers.Workers, job: workers.Job, helper: object) -> None:
-        original(self, job, helper)
-        for h in self._helpers:
-            if h.jobs:
-                os.kill(h.pid, signal.SIGBUS)
-
-    monkeypatch.setattr(workers.Workers, "_send", send_then_bus)
-    with pytest.raises(IntegrityError, match=r"layer \d.*changed while it was read"):
-        convert(src, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_digest_mismatch_found_by_a_helper_keeps_its_message(tmp_path: Path) -> None:
@@ -167,28 +156,12 @@ def test_big_inflated_files_are_freed_by_an_orphan_that_leaves_no_child_behind(
     monkeypatch.setattr(inflate, "DETACH_AT", 0)
     src = _source(tmp_path, "gzip")
     fds_before = set(os.listdir("/proc/self/fd"))
-    kids_before = _children()
+    kids_before = child_processes()
     convert(src, tmp_path / "out")
     assert (tmp_path / "out" / "big3").read_bytes() == BIG + b"x"
-    assert not _children() - kids_before
+    assert not child_processes() - kids_before
     leaked = set(os.listdir("/proc/self/fd")) - fds_before
     assert not [fd for fd in leaked if "rootfs-layer" in os.readlink(f"/proc/self/fd/{fd}")]
-
-
-def _children() -> set[int]:
-    """Child processes of this one, zombies included."""
-    me = str(os.getpid())
-    kids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me:
-                kids.add(int(entry))
-    return kids
 
 
 def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

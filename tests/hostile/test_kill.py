@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
+from proctools import child_processes
 from converter.errors import Interrupted
 from converter.testing.imagegen import File, ImageSpec, Layer, Symlink, write_docker_archive
 
@@ -376,24 +377,10 @@ def test_interrupt_while_helpers_start_or_report(arena: Arena, sink: str, where:
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(workers.Workers, where, interrupted)
-    before = _children()
+    before = child_processes(zombies=False)
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         convert(str(image), arena.out(sink), flatten=sink == "tar")
     assert not os.path.lexists(arena.out(sink)) and not arena.partials()
-    assert not _children() - before, "a helper process outlived the run"
+    assert not child_processes(zombies=False) - before, "a helper process outlived the run"
 
 
-def _children() -> set[int]:
-    """Live child processes of this one."""
-    me = str(os.getpid())
-    kids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                kids.add(int(entry))
-    return kids
