@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from converter.tar.reader import StreamSource, TarEntry, TarReader
-from converter.tar.writer import END_OF_ARCHIVE, build_header, padding
+from converter.tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -428,3 +428,27 @@ def test_property_round_trip_through_reader_and_tarfile(entries) -> None:
         assert tname(t).rstrip(b"/") == kw["name"].rstrip(b"/")
         assert (t.uid, t.gid, t.mode) == (kw["uid"], kw["gid"], kw["mode"])
         assert t.size == len(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.binary(min_size=1, max_size=110).filter(lambda b: 0 not in b),
+    typ=st.sampled_from([b"0", b"5", b"2"]),
+    size=st.sampled_from([0, 1, 511, 512, 10**9, 0o77777777777, 0o77777777777 + 1]),
+    mode=st.integers(0, 0o7777),
+    uid=st.integers(0, (1 << 32) - 1),
+    gid=st.integers(0, 1 << 22),
+    mtime_ns=st.one_of(st.integers(0, 1 << 34).map(lambda s: s * 1_000_000_000), st.integers(0, 1 << 60)),
+    linkname=st.binary(max_size=110).filter(lambda b: 0 not in b),
+)
+def test_plain_header_is_build_header_or_declines(name: bytes, typ: bytes, size: int, mode: int, uid: int, gid: int,
+                                                  mtime_ns: int, linkname: bytes) -> None:
+    """The flattened tar's fast path writes the very bytes build_header writes, and
+    declines (None) whatever needs more than one plain ustar block."""
+    fast = plain_header(name, typ, size, mode, uid, gid, mtime_ns, linkname)
+    full = build_header(name=name, type=typ, size=size, mode=mode, uid=uid, gid=gid,
+                        mtime=mtime_ns // 1_000_000_000, mtime_ns=mtime_ns, linkname=linkname)
+    if fast is None:
+        return
+    assert fast == full
+    assert len(fast) == 512
