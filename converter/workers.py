@@ -1,4 +1,5 @@
-"""Helper processes that hash and inflate layers beside the merge.
+"""Helper processes that hash, inflate and parse layers beside the merge: the parent's
+side (the pool, and reading what helpers say); :mod:`converter.helper` is theirs.
 
 Why processes: the merge is pure Python and holds the GIL nearly all the time.  A thread
 that hashes or inflates releases the GIL inside each C call but has to win it back after
@@ -7,51 +8,45 @@ a 220 MB layer ran at 420 MB/s next to the merge instead of 1.5 GB/s alone, so t
 verification spilled into the writing phase and competed with the writers for the two
 cores.  A helper process has no GIL to wait for.
 
-The helpers are forked when the first job arrives (at the start of the merge, while the
+The helpers are forked when the first jobs arrive (at the start of the merge, while the
 process is small, so forking is cheap and copies little).  A job is plain data plus file
 descriptors passed over a Unix socket (``SCM_RIGHTS``): the region of the source file to
-read and, for inflation, the anonymous file to fill.  A helper runs one job at a time and
-answers with fixed-size records: progress (stored bytes read, tar bytes written), done,
-or an error to re-raise here.  The parent needs no thread to listen: whoever waits on a
-job calls :meth:`Workers.pump`, which reads what any helper said and hands queued jobs to
-idle helpers.
+read and, for inflation, the anonymous file to fill.  Jobs are handed out as soon as they
+are known, balanced (see :meth:`Workers.release`); each helper runs its own in order and
+answers with fixed-size records (see :mod:`converter.helper`).  The parent needs no
+thread to listen: whoever waits on a job calls :meth:`Workers.pump`.
 
 Blobs that are not file regions (registry streams) and platforms without ``fork`` use
-threads (:class:`~converter.inflate.InflateAhead`, :class:`_HashThread`) with the same
-interface.
+threads (:class:`~converter.inflate.InflateAhead`, :class:`~converter.hashing.HashThread`)
+with the same interface.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import operator
 import os
 import pickle
-import queue
 import select
 import signal
 import socket
-import stat
-import struct
-import threading
 from collections import deque
 from typing import Any, Callable, Iterator, Optional
 
-from .digest import Expectation
-from .errors import ConverterError, IntegrityError, OutputError
-from .forking import CAN_FORK, die_with_parent, error_from_wire, error_to_wire
+from .errors import IntegrityError, OutputError
+from .forking import CAN_FORK, error_from_wire
+from .hashing import HashThread
+from .helper import LEN, REC, load_error, serve
 from .image import FileRegion
-from .tar.reader import FileSource, TarEntry, TarReader
-from .inflate import InflateSpec, anonymous_file, close_quietly, inflate_layer, pwrite_all
+from .inflate import InflateSpec, anonymous_file, close_quietly
+from .tar.reader import TarEntry
 
 #: helpers to fork: the bench machine has two cores, and more gave nothing there
 SIZE = max(1, min(2, os.cpu_count() or 1))
 
-_REC = struct.Struct("<cQQ")  # kind, stored bytes read, tar bytes written
-_LEN = struct.Struct("<I")
-_READ = 1 << 20
-_WINDOW = 8 << 20
+#: bytes of parsed entries received and not read yet above which a helper is not read
+#: from (it then waits on its socket instead of this process buffering a whole layer)
+_QUEUE_LIMIT = 4 << 20
 
 
 class Job:
@@ -129,7 +124,7 @@ class Workers:
         self.size = size
         self.forks = CAN_FORK if fork is None else fork
         self._helpers: list[_Helper] = []
-        self._hasher: Optional[_HashThread] = None
+        self._hasher: Optional[HashThread] = None
         self._held: Optional[list[Job]] = None
         #: in-place layers are parsed by a helper too (see RemoteTarReader); the merge
         #: asks for it when helpers would otherwise have nothing to do
@@ -170,7 +165,7 @@ class Workers:
         """Check ``region`` against ``(digest, size, what)`` expectations in the background."""
         if not self.forks:
             if self._hasher is None:
-                self._hasher = _HashThread()
+                self._hasher = HashThread()
             return self._hasher.submit(region, expectations)
         request = {"op": "hash", "what": what, "offset": region.offset, "size": region.size,
                    "expect": [list(e) for e in expectations]}
@@ -207,7 +202,7 @@ class Workers:
     def _send(self, job: Job, helper: _Helper) -> None:
         data = json.dumps(job.request).encode()
         try:
-            socket.send_fds(helper.sock, [_LEN.pack(len(data)) + data], job.fds)
+            socket.send_fds(helper.sock, [LEN.pack(len(data)) + data], job.fds)
         except OSError as exc:
             self._drop(helper)
             self._finish(job, OutputError(f"{job.what}: cannot reach a helper process: {exc.strerror}"))
@@ -251,13 +246,13 @@ class Workers:
             return
         buf = h.buf
         buf += data
-        while len(buf) >= _REC.size and h.jobs:
-            kind, raw, out = _REC.unpack_from(buf)
+        while len(buf) >= REC.size and h.jobs:
+            kind, raw, out = REC.unpack_from(buf)
             if kind in b"RX":  # a batch of parsed entries (out: payload size), a parse error
-                if len(buf) < _REC.size + out:
+                if len(buf) < REC.size + out:
                     return
-                payload_bytes = bytes(buf[_REC.size:_REC.size + out])
-                del buf[:_REC.size + out]
+                payload_bytes = bytes(buf[REC.size:REC.size + out])
+                del buf[:REC.size + out]
                 job = h.jobs[0]
                 if kind == b"R":
                     batch = pickle.loads(payload_bytes)
@@ -265,25 +260,25 @@ class Workers:
                     job.queued += out
                     job.parse_offset = raw
                 else:
-                    job.parse_error = _load_error(payload_bytes)
+                    job.parse_error = load_error(payload_bytes)
                     job.parsed = True
                 continue
             if kind == b"F":  # parsing ended cleanly; raw: the offset after finish()
-                del buf[:_REC.size]
+                del buf[:REC.size]
                 job = h.jobs[0]
                 job.parse_offset = raw
                 job.parsed = True
                 continue
             if kind == b"E":
-                if len(buf) < _REC.size + _LEN.size:
+                if len(buf) < REC.size + LEN.size:
                     return
-                (n,) = _LEN.unpack_from(buf, _REC.size)
-                if len(buf) < _REC.size + _LEN.size + n:
+                (n,) = LEN.unpack_from(buf, REC.size)
+                if len(buf) < REC.size + LEN.size + n:
                     return
-                payload = json.loads(bytes(buf[_REC.size + _LEN.size:_REC.size + _LEN.size + n]))
-                del buf[:_REC.size + _LEN.size + n]
+                payload = json.loads(bytes(buf[REC.size + LEN.size:REC.size + LEN.size + n]))
+                del buf[:REC.size + LEN.size + n]
             else:
-                del buf[:_REC.size]
+                del buf[:REC.size]
             job = h.jobs[0]
             job.counters[0], job.counters[1] = raw, out
             if kind != b"P":
@@ -343,7 +338,7 @@ class Workers:
                 for other in self._helpers:
                     other.sock.close()
                     other.reports.close()
-                _serve(theirs, reports_theirs)
+                serve(theirs, reports_theirs)
             except BaseException:
                 code = 1
             finally:
@@ -375,144 +370,6 @@ def _status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
     return f"exit status {os.waitstatus_to_exitcode(status)}"
-
-
-# --------------------------------------------------------------------------- the helper
-
-
-def _serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no cover - runs in the helper
-    """Run jobs until the parent hangs up.  Interrupts are the parent's business: it
-    cleans up and its death takes the helper with it (PR_SET_PDEATHSIG)."""
-    die_with_parent()
-    import faulthandler
-
-    faulthandler.disable()  # a fatal signal is the parent's to report (see Workers._read)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    gc.disable()
-    while True:
-        got = _receive(sock)
-        if got is None:
-            return
-        request, fds = got
-        counters = [0, 0]
-        try:
-            if request["op"] == "hash":
-                _run_hash(request, fds[0], counters)
-            elif request["op"] == "parse":
-                _parse(FileRegion(fds[0], request["offset"], request["size"]), str(request["what"]), reports)
-            else:
-                _run_inflate(request, fds, counters, reports)
-            reports.sendall(_REC.pack(b"D", *counters))
-        except BaseException as exc:
-            if isinstance(exc, OSError):
-                what = request.get("what", "")
-                doing = "verify" if request["op"] == "hash" else "read"
-                exc = IntegrityError(f"{what}: cannot {doing} the stored layer: {exc.strerror or exc}")
-            data = json.dumps(error_to_wire(exc)).encode()
-            reports.sendall(_REC.pack(b"E", *counters) + _LEN.pack(len(data)) + data)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-
-def _receive(sock: socket.socket) -> Optional[tuple[dict[str, Any], list[int]]]:  # pragma: no cover
-    """The next job: one message (the socket keeps message boundaries) and its fds."""
-    data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
-    if not data:
-        return None
-    (n,) = _LEN.unpack_from(data)
-    return json.loads(data[_LEN.size:_LEN.size + n]), fds
-
-
-def _region_reader(fd: int, offset: int, size: int, counters: Optional[list[int]] = None):  # pragma: no cover
-    """``read(n)`` over a file region with ``pread`` (the fd's position is shared with the
-    parent and never used)."""
-    pos, end = offset, offset + size
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        n = min(n, end - pos)
-        if n <= 0:
-            return b""
-        chunk = os.pread(fd, n, pos)
-        pos += len(chunk)
-        return chunk
-
-    return read
-
-
-def _run_hash(request: dict[str, Any], fd: int, counters: list[int]) -> None:  # pragma: no cover
-    exps = [Expectation(d, s, what=w) for d, s, w in request["expect"]]
-    region = FileRegion(fd, request["offset"], request["size"])
-    if not _hash_mapped(region, exps):
-        hash_region(region, exps)
-    counters[0] = request["size"]
-
-
-#: entries (and about as many bytes) per batch sent back by a parsing helper, and the
-#: bytes of batches the parent keeps before it stops reading a helper
-_BATCH = 512
-_BATCH_BYTES = 256 << 10
-_QUEUE_LIMIT = 4 << 20
-
-
-def _parse(region: FileRegion, what: str, reports: socket.socket) -> None:  # pragma: no cover
-    """Parse ``region`` as a tar (exactly as the merge would) and send its entries back in
-    batches of plain tuples (pickled: about 1 us an entry to rebuild, against 4 us to
-    parse a header), then the end or the error that stopped it, at its place."""
-    reader = TarReader(FileSource(region.fd, region.offset, region.size), name=what, buffer_size=64 << 10)
-    batch: list[tuple] = []
-    fields = operator.attrgetter(*TarEntry.__slots__)
-
-    def send(kind: bytes, at: int, payload: bytes) -> None:
-        reports.sendall(_REC.pack(kind, at, len(payload)) + payload)
-
-    size = 0
-    try:
-        for entry in reader:
-            batch.append(fields(entry))
-            size += len(entry.name) + len(entry.linkname) + 200
-            if entry.pax or entry.xattrs:  # (PAX records may be up to 1 MiB each)
-                size += sum(len(k) + len(v) for k, v in entry.pax.items())
-                size += sum(len(k) + len(v) for k, v in entry.xattrs.items())
-            if len(batch) >= _BATCH or size >= _BATCH_BYTES:
-                send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-                batch = []
-                size = 0
-        if batch:
-            send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-            batch = []
-        reader.finish()
-    except (ConverterError, OSError) as exc:
-        if batch:
-            send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        send(b"X", reader.offset, _dump_error(exc))
-        return
-    reports.sendall(_REC.pack(b"F", reader.offset, 0))
-
-
-def _dump_error(exc: BaseException) -> bytes:
-    """An exception for the parent: itself when it pickles (our classes all do), else
-    its class name and message."""
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-        return b"P" + data
-    except Exception:
-        return b"J" + json.dumps(error_to_wire(exc)).encode()
-
-
-def _load_error(data: bytes) -> BaseException:
-    if data[:1] == b"P":
-        try:
-            exc = pickle.loads(data[1:])
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:
-            pass
-        return RuntimeError("a helper's error could not be read")
-    return error_from_wire(json.loads(data[1:]), RuntimeError)
 
 
 class RemoteTarReader:
@@ -555,119 +412,3 @@ class RemoteTarReader:
         return 0
 
 
-def _hash_mapped(region: FileRegion, expectations: list[Expectation]) -> bool:  # pragma: no cover
-    """Hash ``region`` through mmap windows (no copy into a buffer: 5-10% less CPU than
-    pread).  Only in a helper: a file truncated under a mapping raises SIGBUS, which
-    kills the helper, and the parent reports that as the source changing.  False when
-    the file cannot be mapped (the caller reads it instead)."""
-    import mmap
-
-    st = os.fstat(region.fd)
-    start, end = region.offset, region.offset + region.size
-    if not stat.S_ISREG(st.st_mode) or st.st_size < end:
-        return False
-    pos = start - start % mmap.ALLOCATIONGRANULARITY
-    while pos < end:
-        length = min(_WINDOW, end - pos)
-        try:
-            window = mmap.mmap(region.fd, length, prot=mmap.PROT_READ, offset=pos)
-        except (OSError, ValueError):
-            if pos > start - start % mmap.ALLOCATIONGRANULARITY:
-                raise
-            return False
-        try:
-            with memoryview(window) as view, view[max(0, start - pos):] as chunk:
-                for e in expectations:
-                    e.update(chunk)
-        finally:
-            window.close()
-        pos += length
-    for e in expectations:
-        e.check()
-    return True
-
-
-def _run_inflate(request: dict[str, Any], fds: list[int], counters: list[int], sock: socket.socket) -> None:  # pragma: no cover
-    src, out = fds
-    spec = InflateSpec(**request["spec"])
-    written = 0
-
-    def emit(view: memoryview) -> None:
-        nonlocal written
-        written = pwrite_all(out, view, written)
-        sock.sendall(_REC.pack(b"P", counters[0], written))
-
-    offset, size = request["offset"], request["size"]
-    inflate_layer(spec, _region_reader(src, offset, size), emit, counters, restart=lambda: _region_reader(src, offset, size))
-
-
-def hash_region(region: FileRegion, expectations: list[Expectation], stop: Optional[threading.Event] = None) -> None:
-    """Feed every byte of ``region`` to ``expectations`` and check them."""
-    buf = bytearray(_READ)
-    view = memoryview(buf)
-    pos, end = region.offset, region.offset + region.size
-    while pos < end:
-        if stop is not None and stop.is_set():
-            raise IntegrityError("verification cancelled")
-        n = os.preadv(region.fd, [view[: min(len(buf), end - pos)]], pos)
-        if n == 0:
-            raise IntegrityError("source file truncated while verifying")
-        chunk = view[:n]
-        for e in expectations:
-            e.update(chunk)
-        pos += n
-    for e in expectations:
-        e.check()
-
-
-# --------------------------------------------------------------------------- thread fallback
-
-
-class _Check:
-    """A hashing job run by :class:`_HashThread`."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: Optional[BaseException] = None
-
-    def wait_done(self) -> None:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-
-
-class _HashThread:
-    """One thread hashing regions in order (where helpers cannot be forked)."""
-
-    def __init__(self) -> None:
-        self._q: "queue.Queue[Optional[tuple[FileRegion, list[Expectation], _Check]]]" = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def submit(self, region: FileRegion, expectations: list[tuple[Optional[str], Optional[int], str]]) -> _Check:
-        check = _Check()
-        exps = [Expectation(d, s, what=w) for d, s, w in expectations]
-        if self._thread is None:
-            thread = threading.Thread(target=self._run, name="verify", daemon=True)
-            thread.start()
-            self._thread = thread  # only a started thread is ever joined (an interrupt may land between)
-        self._q.put((region, exps, check))
-        return check
-
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            region, exps, check = job
-            try:
-                hash_region(region, exps, self._stop)
-            except BaseException as exc:  # reported by wait_done()
-                check.error = exc if isinstance(exc, ConverterError) else IntegrityError(f"verification failed: {exc}")
-            check.done.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread.ident is not None:
-            self._q.put(None)
-            self._thread.join(timeout=10)
