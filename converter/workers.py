@@ -141,9 +141,9 @@ class Workers:
         306 and 303).  Each helper then gets what the merge waits for (parsing, inflating)
         in layer order, and its hashing after that."""
         held, self._held = self._held or [], None
-        while len(self._helpers) < min(self.size, len(held)):
-            self._spawn()
-        if not self._helpers:
+        while len(self._helpers) < min(self.size, len(held)) and self._grow():
+            pass
+        if not held:
             return
         loads = {id(h): h.load for h in self._helpers}
         share: dict[int, _Helper] = {}
@@ -194,10 +194,21 @@ class Workers:
             self._held.append(job)
             return
         if len(self._helpers) < self.size:
-            helper = self._spawn()
-        else:
-            helper = min(self._helpers, key=lambda h: h.load)
+            self._grow()
+        helper = min(self._helpers, key=lambda h: h.load)
         self._send(job, helper)
+
+    def _grow(self) -> bool:
+        """Fork one more helper; False when the system refuses (too many processes, no
+        memory) and the ones there are must do.  With none at all that is an error."""
+        try:
+            self._spawn()
+            return True
+        except OSError as exc:
+            if not self._helpers:
+                raise OutputError(f"cannot start a helper process: {exc.strerror} "
+                                  "(ROOTFS_WRITERS=threads runs without them)") from None
+            return False
 
     def _send(self, job: Job, helper: _Helper) -> None:
         data = json.dumps(job.request).encode()
@@ -328,6 +339,10 @@ class Workers:
         gc.freeze()  # the child must not run the cyclic GC over the inherited heap
         try:
             pid = os.fork()
+        except OSError:
+            for sock in (ours, theirs, reports_ours, reports_theirs):
+                sock.close()
+            raise
         finally:
             gc.unfreeze()
         if pid == 0:  # pragma: no cover - the helper; reports go through the socket

@@ -181,3 +181,32 @@ def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_p
         messages.append(str(info.value))
         assert not (tmp_path / f"out{remote}").exists()
     assert messages[0] == messages[1] and "broken" in messages[0] and "checksum" in messages[0]
+
+
+@pytest.mark.parametrize("refused", [1, 2])
+def test_when_the_system_refuses_helpers_the_run_makes_do_or_says_why(
+    tmp_path: Path, refused: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork() failing (process limit, memory): with one helper the run goes on; with none
+    it fails with one line saying how to run without them, and leaves nothing behind."""
+    import errno as errno_
+
+    original = workers.Workers._spawn
+    calls = []
+
+    def spawn(self: workers.Workers) -> object:
+        calls.append(1)
+        if len(calls) > 2 - refused:
+            raise OSError(errno_.EAGAIN, "Resource temporarily unavailable")
+        return original(self)
+
+    monkeypatch.setattr(workers.Workers, "_spawn", spawn)
+    src = _source(tmp_path, "gzip")
+    out = tmp_path / "out"
+    if refused == 1:
+        convert(src, out)
+        assert (out / "big3").read_bytes() == BIG + b"x"
+    else:
+        with pytest.raises(OutputError, match="cannot start a helper process.*ROOTFS_WRITERS=threads"):
+            convert(src, out)
+        assert not out.exists()
