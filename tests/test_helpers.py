@@ -210,3 +210,23 @@ def test_when_the_system_refuses_helpers_the_run_makes_do_or_says_why(
         with pytest.raises(OutputError, match="cannot start a helper process.*ROOTFS_WRITERS=threads"):
             convert(src, out)
         assert not out.exists()
+
+
+def test_directory_times_and_modes_are_final_when_writers_finish_their_own_directories(tmp_path: Path) -> None:
+    """Each forked writer sets the metadata of the directories only it wrote into; the
+    rest (shared ones, those hard links go into, those holding only directories) come
+    last.  Every directory must end with the image's mode and mtime either way."""
+    entries: list = [Dir("top/", mode=0o755, mtime=1000), Dir("top/only-dirs/", mode=0o700, mtime=1001)]
+    for d in range(4):
+        entries.append(Dir(f"top/only-dirs/d{d}/", mode=0o555, mtime=2000 + d))
+        entries += [File(f"top/only-dirs/d{d}/f{i:04d}", b"%d" % i, mtime=5) for i in range(700)]
+    entries += [Dir("links/", mode=0o750, mtime=3000), Hardlink("links/h", "top/only-dirs/d0/f0001")]
+    write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=[Layer(entries)]))
+    out = tmp_path / "out"
+    convert(str(tmp_path / "img.tar"), out)
+    expected = {"top": (0o755, 1000), "top/only-dirs": (0o700, 1001), "links": (0o750, 3000)}
+    expected.update({f"top/only-dirs/d{d}": (0o555, 2000 + d) for d in range(4)})
+    for rel, (mode, mtime) in expected.items():
+        st = os.stat(out / rel)
+        assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(mode), mtime), rel
+    assert os.stat(out / "links" / "h").st_ino == os.stat(out / "top/only-dirs/d0/f0001").st_ino

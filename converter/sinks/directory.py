@@ -217,7 +217,7 @@ class DirectoryWriter:
         result.entries += entries
         result.dirs += len(dirs)
         self._check_size(need)
-        self._run_jobs(jobs, costs)
+        dirs = self._run_jobs(jobs, costs, dirs, links)  # the directories still to finish
         for key, head, parts in links:
             if key in self._skipped:
                 continue
@@ -227,12 +227,18 @@ class DirectoryWriter:
             except OSError as exc:
                 raise _os_error(parts, exc, "link") from None
             result.links += 1
+        self._finish_dirs(dirs, self.fds)
+        self._dir_meta(self.root_fd, (), self.plan.root)
+
+    def _finish_dirs(self, dirs: list[tuple[Parts, Node]], fds: DirFds) -> None:
+        """Directory metadata, deepest first (a directory's mtime is final once nothing
+        more is created in it; a mode without write or search permission must come after
+        its children when not privileged)."""
         for parts, node in reversed(dirs):
             try:
-                self._dir_meta(self.fds.get(parts), parts, node)
+                self._dir_meta(fds.get(parts), parts, node)
             except OSError as exc:
                 raise _os_error(parts, exc, "set metadata on") from None
-        self._dir_meta(self.root_fd, (), self.plan.root)
 
     def _check_size(self, need: int) -> None:
         """--max-size and free space, checked on the whole result before any data is
@@ -242,14 +248,16 @@ class DirectoryWriter:
         if self.free is not None and need > self.free:
             raise OutputError(f"the image needs {need} bytes but only {self.free} are free at the destination")
 
-    def _run_jobs(self, jobs: list[Job], costs: list[int]) -> None:
+    def _run_jobs(self, jobs: list[Job], costs: list[int], dirs: list[tuple[Parts, Node]],
+                  links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
+        """Write every inode of ``jobs``; return the directories whose metadata is still
+        to be set (the forked writers finish the ones only they wrote into)."""
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
             self._worker(iter(jobs), self.fds)
-            return
+            return dirs
         if CAN_FORK:
-            self._run_jobs_forked(jobs, costs, workers)
-            return
+            return self._run_jobs_forked(jobs, costs, workers, dirs, links)
         feed = iter(jobs)
         lock = threading.Lock()
 
@@ -280,29 +288,37 @@ class DirectoryWriter:
             t.join()
         if errors:
             raise errors[0]
+        return dirs
 
-    def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int) -> None:
+    def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int, dirs: list[tuple[Parts, Node]],
+                         links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
         the work is split across forked processes that inherit the plan (copy-on-write)
         and the directory fds.  Each child reports counts, warnings and inodes it could
-        not create through a pipe, or the one error that stopped it."""
+        not create through a pipe, or the one error that stopped it.
+
+        With privileges, each writer then also finishes the directories only it wrote
+        into (nothing else is created in them afterwards; subdirectories' metadata does not
+        touch their mtime), instead of leaving all of them to one process at the end."""
         shares = _split(jobs, costs, workers)
+        owned, rest = _owned_dirs(shares, dirs, links) if self.privileged else ([[] for _ in shares], dirs)
         children: list[tuple[int, int]] = []
         # the children must not run the cyclic GC over the inherited plan: it would touch
         # (and so copy) every page of it
         gc.freeze()
         try:
-            for share in shares[1:]:
+            for share, mine in zip(shares[1:], owned[1:]):
                 r, w = os.pipe()
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
                     os.close(r)
-                    self._child(share, w)
+                    self._child(share, mine, w)
                 os.close(w)
                 children.append((pid, r))
             error: Optional[BaseException] = None
             try:
                 self._worker(iter(shares[0]), self.fds)
+                self._finish_dirs(owned[0], self.fds)
             except BaseException as exc:
                 error = exc
             for pid, r in children:
@@ -314,6 +330,7 @@ class DirectoryWriter:
             children = []
             if error is not None:
                 raise error
+            return rest
         finally:
             gc.unfreeze()
             for pid, r in children:  # interrupted: stop the others before cleanup
@@ -324,7 +341,7 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _child(self, share: list[Job], w: int) -> None:  # pragma: no cover
+    def _child(self, share: list[Job], dirs: list[tuple[Parts, Node]], w: int) -> None:  # pragma: no cover
         code = 1
         gc.disable()
         try:
@@ -337,6 +354,7 @@ class DirectoryWriter:
             self._skipped = set()
             fds = DirFds(self.root_fd, capacity=64)
             self._worker(iter(share), fds)
+            self._finish_dirs(dirs, fds)
             payload = {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
                        "skipped": sorted(self._skipped)}
             code = 0
@@ -604,6 +622,28 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
+
+
+def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]
+                ) -> tuple[list[list[tuple[Parts, Node]]], list[tuple[Parts, Node]]]:
+    """For each share, the directories (in creation order) that only its writer creates
+    entries in; and the rest, for the parent after the hard links: directories two
+    writers share, directories links go into, and those holding only directories."""
+    owner: dict[int, int] = {}
+    for k, share in enumerate(shares):
+        for _, d, _ in share:
+            owner[id(d)] = k if owner.get(id(d), k) == k else -1
+    by_parts = {parts: node for parts, node in dirs}
+    for _, _, parts in links:
+        node = by_parts.get(parts[:-1])
+        if node is not None:
+            owner[id(node)] = -1
+    owned: list[list[tuple[Parts, Node]]] = [[] for _ in shares]
+    rest: list[tuple[Parts, Node]] = []
+    for item in dirs:
+        k = owner.get(id(item[1]), -1)
+        (owned[k] if k >= 0 else rest).append(item)
+    return owned, rest
 
 
 def _split(jobs: list[Job], costs: list[int], workers: int) -> list[list[Job]]:
