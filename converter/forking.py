@@ -9,9 +9,11 @@ writer are Python code holding one GIL, while the cores are free.
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, Callable
 
 from . import errors
 
@@ -34,6 +36,18 @@ def die_with_parent() -> None:  # pragma: no cover - child only
         os._exit(1)
 
 
+def _converter_errors() -> dict[str, type[errors.ConverterError]]:
+    """Every ConverterError class by name, wherever it is defined (e.g. the tar
+    reader's TarFormatError)."""
+    found: dict[str, type[errors.ConverterError]] = {}
+    todo: list[type[errors.ConverterError]] = [errors.ConverterError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__name__, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
 def error_to_wire(exc: BaseException) -> dict[str, Any]:
     return {"error": type(exc).__name__, "message": str(exc)}
 
@@ -45,9 +59,72 @@ def error_from_wire(payload: dict[str, Any], default: type[Exception]) -> BaseEx
     message = str(payload.get("message", ""))
     if name == "KeyboardInterrupt":
         return KeyboardInterrupt()
-    cls: Optional[Any] = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, errors.ConverterError):
+    cls = _converter_errors().get(name)
+    if cls is not None:
         return cls(message)
     if default is RuntimeError:
         return RuntimeError(f"{name}: {message}")
     return default(message)
+
+
+def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: bool = False) -> tuple[int, int]:
+    """Fork a child that runs ``work`` and reports what it returns (a JSON-able dict), or
+    the error that stopped it, through a pipe; return ``(pid, read end)`` for
+    :func:`collect_report`.  The child dies with this process, never runs the cyclic GC
+    over the inherited heap (that would copy every page of it), and with
+    ``ignore_interrupts`` leaves Ctrl-C and SIGTERM to this process."""
+    r, w = os.pipe()
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    finally:
+        gc.unfreeze()
+    if pid == 0:  # pragma: no cover - the child; everything goes through the pipe
+        code = 1
+        try:
+            os.close(r)
+            gc.disable()
+            die_with_parent()
+            if ignore_interrupts:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                report = {"result": work()}
+                code = 0
+            except BaseException as exc:
+                report = error_to_wire(exc)
+            data = json.dumps(report).encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def collect_report(pid: int, r: int, *, failed: str) -> dict[str, Any]:
+    """Wait for a child of :func:`fork_reporting`: what its work returned, or its error
+    raised here as the same class; ``failed`` names it when it died without a word."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    try:
+        report = json.loads(b"".join(chunks)) if chunks else {}
+    except ValueError:
+        report = {}
+    if "error" in report:
+        raise error_from_wire(report, errors.OutputError)
+    if "result" not in report or os.waitstatus_to_exitcode(status) != 0:
+        raise errors.OutputError(f"{failed} (status {status})")
+    return dict(report["result"])

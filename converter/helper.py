@@ -5,8 +5,10 @@ A helper is forked from the converter, gets jobs (plain data plus the file descr
 they name) one message at a time, and answers on a byte stream with fixed-size records:
 ``P`` progress (stored bytes read, tar bytes written), ``D`` done, ``E`` an error to
 re-raise in the parent, and for parsing jobs ``R`` a batch of entries, ``F`` the clean end
-of the archive, ``X`` the parse error that ended it.  Everything here runs in the helper
-except the record definitions and :func:`load_error`.
+of the archive, ``X`` the parse error that ended it.  ``E``, ``R`` and ``X`` carry a
+payload (its size in the record's second number): errors as
+:func:`~converter.forking.error_to_wire` writes them, entries pickled.  Everything here
+runs in the helper except the record definitions.
 """
 
 from __future__ import annotations
@@ -20,18 +22,17 @@ import signal
 import socket
 import stat
 import struct
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .digest import Expectation
 from .errors import ConverterError, IntegrityError
-from .forking import die_with_parent, error_from_wire, error_to_wire
+from .forking import die_with_parent, error_to_wire
 from .hashing import hash_region
 from .image import FileRegion
 from .inflate import InflateSpec, inflate_layer, pwrite_all
 from .tar.reader import FileSource, TarEntry, TarReader
 
 REC = struct.Struct("<cQQ")  # kind, stored bytes read, tar bytes written (or payload size)
-LEN = struct.Struct("<I")
 _WINDOW = 8 << 20
 
 
@@ -65,7 +66,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
                 doing = "verify" if request["op"] == "hash" else "read"
                 exc = IntegrityError(f"{what}: cannot {doing} the stored layer: {exc.strerror or exc}")
             data = json.dumps(error_to_wire(exc)).encode()
-            reports.sendall(REC.pack(b"E", *counters) + LEN.pack(len(data)) + data)
+            reports.sendall(REC.pack(b"E", counters[0], len(data)) + data)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -76,11 +77,10 @@ def _receive(sock: socket.socket) -> Optional[tuple[dict[str, Any], list[int]]]:
     data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
     if not data:
         return None
-    (n,) = LEN.unpack_from(data)
-    return json.loads(data[LEN.size:LEN.size + n]), fds
+    return json.loads(data), fds
 
 
-def _region_reader(fd: int, offset: int, size: int, counters: Optional[list[int]] = None):  # pragma: no cover
+def _region_reader(fd: int, offset: int, size: int) -> Callable[[int], bytes]:  # pragma: no cover
     """``read(n)`` over a file region with ``pread`` (the fd's position is shared with the
     parent and never used)."""
     pos, end = offset, offset + size
@@ -140,32 +140,9 @@ def _parse(region: FileRegion, what: str, reports: socket.socket) -> None:  # pr
     except (ConverterError, OSError) as exc:
         if batch:
             send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        send(b"X", reader.offset, _dump_error(exc))
+        send(b"X", reader.offset, json.dumps(error_to_wire(exc)).encode())
         return
     reports.sendall(REC.pack(b"F", reader.offset, 0))
-
-
-def _dump_error(exc: BaseException) -> bytes:
-    """An exception for the parent: itself when it pickles (our classes all do), else
-    its class name and message."""
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-        return b"P" + data
-    except Exception:
-        return b"J" + json.dumps(error_to_wire(exc)).encode()
-
-
-def load_error(data: bytes) -> BaseException:
-    if data[:1] == b"P":
-        try:
-            exc = pickle.loads(data[1:])
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:
-            pass
-        return RuntimeError("a helper's error could not be read")
-    return error_from_wire(json.loads(data[1:]), RuntimeError)
 
 
 def _hash_mapped(region: FileRegion, expectations: list[Expectation]) -> bool:  # pragma: no cover

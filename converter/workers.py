@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 from .errors import IntegrityError, OutputError
 from .forking import CAN_FORK, error_from_wire
 from .hashing import HashThread
-from .helper import LEN, REC, load_error, serve
+from .helper import REC, serve
 from .image import FileRegion
 from .inflate import InflateSpec, anonymous_file, close_quietly
 from .tar.reader import TarEntry
@@ -213,7 +213,7 @@ class Workers:
     def _send(self, job: Job, helper: _Helper) -> None:
         data = json.dumps(job.request).encode()
         try:
-            socket.send_fds(helper.sock, [LEN.pack(len(data)) + data], job.fds)
+            socket.send_fds(helper.sock, [data], job.fds)
         except OSError as exc:
             self._drop(helper)
             self._finish(job, OutputError(f"{job.what}: cannot reach a helper process: {exc.strerror}"))
@@ -259,43 +259,32 @@ class Workers:
         buf += data
         while len(buf) >= REC.size and h.jobs:
             kind, raw, out = REC.unpack_from(buf)
-            if kind in b"RX":  # a batch of parsed entries (out: payload size), a parse error
+            payload = b""
+            if kind in b"ERX":  # records with a payload of ``out`` bytes (see converter.helper)
                 if len(buf) < REC.size + out:
                     return
-                payload_bytes = bytes(buf[REC.size:REC.size + out])
+                payload = bytes(buf[REC.size:REC.size + out])
                 del buf[:REC.size + out]
-                job = h.jobs[0]
-                if kind == b"R":
-                    batch = pickle.loads(payload_bytes)
-                    job.batches.append((batch, out))
-                    job.queued += out
-                    job.parse_offset = raw
-                else:
-                    job.parse_error = load_error(payload_bytes)
-                    job.parsed = True
-                continue
-            if kind == b"F":  # parsing ended cleanly; raw: the offset after finish()
-                del buf[:REC.size]
-                job = h.jobs[0]
-                job.parse_offset = raw
-                job.parsed = True
-                continue
-            if kind == b"E":
-                if len(buf) < REC.size + LEN.size:
-                    return
-                (n,) = LEN.unpack_from(buf, REC.size)
-                if len(buf) < REC.size + LEN.size + n:
-                    return
-                payload = json.loads(bytes(buf[REC.size + LEN.size:REC.size + LEN.size + n]))
-                del buf[:REC.size + LEN.size + n]
             else:
                 del buf[:REC.size]
             job = h.jobs[0]
-            job.counters[0], job.counters[1] = raw, out
-            if kind != b"P":
+            if kind == b"R":  # a batch of parsed entries; raw: the offset reached
+                job.batches.append((pickle.loads(payload), out))
+                job.queued += out
+                job.parse_offset = raw
+            elif kind in b"FX":  # the parse ended, cleanly or with this error
+                job.parse_offset = raw
+                job.parse_error = error_from_wire(json.loads(payload), RuntimeError) if kind == b"X" else None
+                job.parsed = True
+            elif kind == b"P":
+                job.counters[0], job.counters[1] = raw, out
+            else:  # D or E: the job ended
+                job.counters[0] = raw
+                if kind == b"D":
+                    job.counters[1] = out
                 h.jobs.popleft()
                 h.load -= int(job.request["size"])
-                self._finish(job, error_from_wire(payload, RuntimeError) if kind == b"E" else None)
+                self._finish(job, error_from_wire(json.loads(payload), RuntimeError) if kind == b"E" else None)
 
     def _finish(self, job: Job, error: Optional[BaseException]) -> None:
         job.error = error
