@@ -16,8 +16,6 @@ deepest first, so an image's read-only directory cannot stop extraction.
 from __future__ import annotations
 
 import errno
-import gc
-import json
 import os
 import signal
 import stat
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from ..errors import LimitError, OutputError
-from ..forking import CAN_FORK, die_with_parent, error_from_wire, error_to_wire
+from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
@@ -303,36 +301,28 @@ class DirectoryWriter:
         shares = _split(jobs, costs, workers)
         owned, rest = _owned_dirs(shares, dirs, links) if self.privileged else ([[] for _ in shares], dirs)
         children: list[tuple[int, int]] = []
-        # the children must not run the cyclic GC over the inherited plan: it would touch
-        # (and so copy) every page of it
-        gc.freeze()
         try:
             for share, mine in zip(shares[1:], owned[1:]):
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-                    os.close(r)
-                    self._child(share, mine, w)
-                os.close(w)
-                children.append((pid, r))
+                children.append(fork_reporting(lambda share=share, mine=mine: self._child(share, mine)))
             error: Optional[BaseException] = None
             try:
                 self._worker(iter(shares[0]), self.fds)
                 self._finish_dirs(owned[0], self.fds)
             except BaseException as exc:
                 error = exc
-            for pid, r in children:
-                report = _read_all(r)
-                os.close(r)
-                _, status = os.waitpid(pid, 0)
+            while children:
+                pid, r = children.pop(0)
+                try:
+                    report = collect_report(pid, r, failed="output writer process failed")
+                except BaseException as exc:
+                    error = error or exc
+                    continue
                 if error is None:
-                    error = self._absorb(report, status)
-            children = []
+                    self._absorb(report)
             if error is not None:
                 raise error
             return rest
         finally:
-            gc.unfreeze()
             for pid, r in children:  # interrupted: stop the others before cleanup
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -341,48 +331,26 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _child(self, share: list[Job], dirs: list[tuple[Parts, Node]], w: int) -> None:  # pragma: no cover
-        code = 1
-        gc.disable()
-        try:
-            die_with_parent()
-            collector = _CollectingEvents()
-            # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
-            self.events.warn = collector.warn  # type: ignore[method-assign]
-            self.events = collector  # type: ignore[assignment]
-            self.result = DirResult(path="")
-            self._skipped = set()
-            fds = DirFds(self.root_fd, capacity=64)
-            self._worker(iter(share), fds)
-            self._finish_dirs(dirs, fds)
-            payload = {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
-                       "skipped": sorted(self._skipped)}
-            code = 0
-        except BaseException as exc:
-            payload = error_to_wire(exc)
-        try:
-            data = json.dumps(payload).encode()
-            while data:
-                data = data[os.write(w, data):]
-        finally:
-            os._exit(code)
+    def _child(self, share: list[Job], dirs: list[tuple[Parts, Node]]) -> dict:  # pragma: no cover - a writer child
+        collector = _CollectingEvents()
+        # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
+        self.events.warn = collector.warn  # type: ignore[method-assign]
+        self.events = collector  # type: ignore[assignment]
+        self.result = DirResult(path="")
+        self._skipped = set()
+        fds = DirFds(self.root_fd, capacity=64)
+        self._worker(iter(share), fds)
+        self._finish_dirs(dirs, fds)
+        return {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
+                "skipped": sorted(self._skipped)}
 
-    def _absorb(self, report: bytes, status: int) -> Optional[BaseException]:
-        try:
-            payload = json.loads(report) if report else {}
-        except ValueError:
-            payload = {}
-        if "error" in payload:
-            return error_from_wire(payload, OutputError)
-        if not payload or os.waitstatus_to_exitcode(status) != 0:
-            return OutputError(f"output writer process failed (status {status})")
+    def _absorb(self, report: dict) -> None:
         with self._count_lock:
-            self.result.files += payload["files"]
-            self.result.bytes += payload["bytes"]
-        self._skipped.update(payload["skipped"])
-        for kind, message, path in payload["warnings"]:
+            self.result.files += report["files"]
+            self.result.bytes += report["bytes"]
+        self._skipped.update(report["skipped"])
+        for kind, message, path in report["warnings"]:
             self.events.warn(kind, message, path=path)
-        return None
 
     def _worker(self, jobs: Iterator[Job], fds: DirFds) -> None:
         identity = self.options.ids.identity
@@ -395,7 +363,7 @@ class DirectoryWriter:
         privileged = self.privileged
         self_uid, self_gid = self._self_ids
         files = nbytes = 0
-        open_, sendfile, utime, close = os.open, os.sendfile, os.utime, os.close
+        open_, utime, close = os.open, os.utime, os.close
         for dparts, d, names in jobs:
             dfd = fds.get(dparts)
             children = d.children
@@ -407,16 +375,10 @@ class DirectoryWriter:
                     try:
                         fd = open_(name, _FILE_FLAGS, node.mode & 0o777, dir_fd=dfd)
                         try:
-                            left = node.size
-                            if left:
-                                src, off = node.fd, node.offset
-                                while left:
-                                    n = sendfile(fd, src, off, left if left < _SENDFILE_MAX else _SENDFILE_MAX)
-                                    if not n:
-                                        raise OutputError(f"output {show(dparts + (name,))}: source ended early (truncated layer?)")
-                                    off += n
-                                    left -= n
-                                nbytes += node.size
+                            size = node.size
+                            if size:
+                                _sendfile_all(fd, node.fd, node.offset, size, dparts + (name,))
+                                nbytes += size
                             mtime = node.mtime_ns
                             utime(fd, ns=(mtime, mtime))
                         finally:
@@ -598,7 +560,6 @@ class DirectoryWriter:
 
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
-_SENDFILE_MAX = 1 << 30
 _BATCH = 256
 
 
@@ -613,15 +574,6 @@ class _CollectingEvents:
 
     def decide(self, what: str, detail: str) -> None:
         pass
-
-
-def _read_all(fd: int) -> bytes:
-    parts = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
 
 
 def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]

@@ -11,8 +11,6 @@ with fixed settings so the bytes are reproducible.
 
 from __future__ import annotations
 
-import gc
-import json
 import os
 import signal
 import struct
@@ -21,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Optional, Union
 
 from ..errors import LimitError, OutputError
-from ..forking import CAN_FORK, die_with_parent, error_from_wire, error_to_wire
+from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
@@ -162,46 +160,31 @@ class _PipedOut:
         self._placed = placed
         self._mine = self._theirs = 0  # work done here and by the assembler (see copy_from)
         r, w = os.pipe()
-        rep_r, rep_w = os.pipe()
         try:
             import fcntl
 
             fcntl.fcntl(w, 1031, _FLUSH_AT)  # F_SETPIPE_SZ: one flush fits without waiting
         except OSError:
             pass
-        gc.freeze()  # the child must not run the cyclic GC over the inherited plan
-        try:
-            pid = os.fork()
-        finally:
-            gc.unfreeze()
-        if pid == 0:  # pragma: no cover - the assembler; reports through rep_w
-            code = 1
+
+        def assemble() -> dict:  # pragma: no cover - runs in the assembler
+            os.close(w)
             try:
-                os.close(w)
-                os.close(rep_r)
-                die_with_parent()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                gc.disable()
-                report: dict = {}
-                try:
-                    _assemble(r, _Out(fd, kind, level))
-                    code = 0
-                except BaseException as exc:
-                    if isinstance(exc, OSError):
-                        exc = OutputError(f"{what}: no space left on the device" if exc.errno == 28
-                                          else f"{what}: write failed: {exc.strerror}")
-                    report = error_to_wire(exc)
-                data = json.dumps(report).encode()
-                while data:
-                    data = data[os.write(rep_w, data):]
-            finally:
-                os._exit(code)
-        os.close(r)
-        os.close(rep_w)
+                _assemble(r, _Out(fd, kind, level))
+            except OSError as exc:
+                raise OutputError(f"{what}: no space left on the device" if exc.errno == 28
+                                  else f"{what}: write failed: {exc.strerror}") from None
+            return {}
+
+        try:
+            pid, self._rep = fork_reporting(assemble, ignore_interrupts=True)
+        except OSError:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
         self._pid: Optional[int] = pid
         self._w = w
-        self._rep = rep_r
 
     def write(self, data: Union[bytes, memoryview]) -> None:
         n = len(data)
@@ -253,22 +236,12 @@ class _PipedOut:
         self._fail(expect_success=True)
 
     def _fail(self, expect_success: bool = False) -> None:
-        report = b""
-        while True:
-            chunk = os.read(self._rep, 1 << 16)
-            if not chunk:
-                break
-            report += chunk
         assert self._pid is not None
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        os.close(self._rep)
-        self._rep = -1
-        payload = json.loads(report) if report else {}
-        if payload:
-            raise error_from_wire(payload, OutputError)
-        if not expect_success or os.waitstatus_to_exitcode(status) != 0:
-            raise OutputError(f"the tar writer process failed (status {status})")
+        pid, self._pid = self._pid, None
+        rep, self._rep = self._rep, -1
+        collect_report(pid, rep, failed="the tar writer process failed")
+        if not expect_success:
+            raise OutputError("the tar writer process stopped early")
 
     def abort(self) -> None:
         """Stop the assembler (the run failed or was interrupted)."""
