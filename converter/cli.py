@@ -72,12 +72,19 @@ def fail(exc: BaseException) -> NoReturn:
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body: SIGTERM behaves like Ctrl-C so cleanup code runs."""
+    """Run a command body: SIGTERM behaves like Ctrl-C so cleanup code runs.  Once a result
+    has been put in place, both are ignored: the run finishes its cleanup and reports the
+    result (an interrupt then could only leave temporary files behind and claim,
+    wrongly, that the destination was left as it was)."""
+    from .sinks import atomic
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    def on_signal(signum: int, frame: Any) -> None:
+        if not atomic.COMMITTED:
+            raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    atomic.COMMITTED = False
+    old = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, on_signal)
     try:
         return fn()
     except (SystemExit, typer.Exit):
@@ -91,6 +98,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         fail(exc)
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def _version(value: bool) -> None:
@@ -202,7 +210,7 @@ def convert(
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
-                paths=path, with_deps=with_deps, bundle=bundle is not None,
+                paths=path, with_deps=with_deps, bundle=bundle is not None, keep_tree=_KEPT if _state.get("exits") else None,
                 # only a registry source needs these (importing ssl costs ~10 MB of memory)
                 registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event)
                 if source.startswith("docker://") else None,
@@ -322,9 +330,15 @@ def _print_warnings(events: Any, verbose: int) -> None:
         print(f"rootfs: warning: {w.message}{more}", file=sys.stderr)
 
 
+#: merged views kept until the process exits (see main: never freed node by node; only
+#: when main runs, which ends the process: in-process callers free theirs)
+_KEPT: list[object] = []
+
+
 def main() -> None:
     """Entry point.  The interpreter's own teardown (freeing every node of a large plan)
     is skipped once the command has finished and flushed its output."""
+    _state["exits"] = True
     try:
         app()
     except SystemExit as exc:

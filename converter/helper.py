@@ -25,11 +25,12 @@ import struct
 from typing import Any, Callable, Optional
 
 from .digest import Expectation
-from .errors import ConverterError, IntegrityError
+from .errors import ConverterError, IntegrityError, OutputError
 from .forking import die_with_parent, error_to_wire
 from .hashing import hash_region
 from .image import FileRegion
-from .inflate import InflateSpec, inflate_layer, pwrite_all
+from .inflate import InflateSpec, inflate_layer, inflated_pieces, pwrite_all
+from .staging import STAGE_MIN, StageSource, staged_name, stages
 from .tar.reader import FileSource, TarEntry, TarReader
 
 REC = struct.Struct("<cQQ")  # kind, stored bytes read, tar bytes written (or payload size)
@@ -57,6 +58,8 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
                 _run_hash(request, fds[0], counters)
             elif request["op"] == "parse":
                 _parse(FileRegion(fds[0], request["offset"], request["size"]), str(request["what"]), reports)
+            elif request["op"] == "stage":
+                _run_stage(request, fds, counters, reports)
             else:
                 _run_inflate(request, fds, counters, reports)
             reports.sendall(REC.pack(b"D", *counters))
@@ -110,39 +113,124 @@ _BATCH = 512
 _BATCH_BYTES = 256 << 10
 
 
+class _Batches:
+    """Parsed entries on their way to the parent: plain tuples, pickled in batches
+    (about 1 us an entry to rebuild, against 4 us to parse a header), each record
+    carrying the tar offset reached."""
+
+    def __init__(self, reports: socket.socket, counters: Optional[list[int]] = None) -> None:
+        self.reports = reports
+        self.counters = counters  # when given, a progress record follows each batch
+        self.batch: list[tuple] = []
+        self.size = 0
+        self.fields = operator.attrgetter(*TarEntry.__slots__)
+
+    def add(self, entry: TarEntry, offset: int) -> None:
+        self.batch.append(self.fields(entry))
+        self.size += len(entry.name) + len(entry.linkname) + 200
+        if entry.pax or entry.xattrs:  # (PAX records may be up to 1 MiB each)
+            self.size += sum(len(k) + len(v) for k, v in entry.pax.items())
+            self.size += sum(len(k) + len(v) for k, v in entry.xattrs.items())
+        if len(self.batch) >= _BATCH or self.size >= _BATCH_BYTES:
+            self.flush(offset)
+
+    def flush(self, offset: int) -> None:
+        if self.batch:
+            self.send(b"R", offset, pickle.dumps(self.batch, protocol=pickle.HIGHEST_PROTOCOL))
+            self.batch = []
+            self.size = 0
+            if self.counters is not None:
+                self.reports.sendall(REC.pack(b"P", *self.counters))
+
+    def send(self, kind: bytes, at: int, payload: bytes) -> None:
+        self.reports.sendall(REC.pack(kind, at, len(payload)) + payload)
+
+    def end(self, reader: TarReader, error: Optional[BaseException]) -> None:
+        """The pending entries, then the clean end (``F``) or the error that stopped the
+        parse (``X``), at its place."""
+        self.flush(reader.offset)
+        if error is None:
+            self.reports.sendall(REC.pack(b"F", reader.offset, 0))
+        else:
+            self.send(b"X", reader.offset, json.dumps(error_to_wire(error)).encode())
+
+
 def _parse(region: FileRegion, what: str, reports: socket.socket) -> None:  # pragma: no cover
-    """Parse ``region`` as a tar (exactly as the merge would) and send its entries back in
-    batches of plain tuples (pickled: about 1 us an entry to rebuild, against 4 us to
-    parse a header), then the end or the error that stopped it, at its place."""
+    """Parse ``region`` as a tar (exactly as the merge would) and send its entries back."""
     reader = TarReader(FileSource(region.fd, region.offset, region.size), name=what, buffer_size=64 << 10)
-    batch: list[tuple] = []
-    fields = operator.attrgetter(*TarEntry.__slots__)
-
-    def send(kind: bytes, at: int, payload: bytes) -> None:
-        reports.sendall(REC.pack(kind, at, len(payload)) + payload)
-
-    size = 0
+    out = _Batches(reports)
     try:
         for entry in reader:
-            batch.append(fields(entry))
-            size += len(entry.name) + len(entry.linkname) + 200
-            if entry.pax or entry.xattrs:  # (PAX records may be up to 1 MiB each)
-                size += sum(len(k) + len(v) for k, v in entry.pax.items())
-                size += sum(len(k) + len(v) for k, v in entry.xattrs.items())
-            if len(batch) >= _BATCH or size >= _BATCH_BYTES:
-                send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-                batch = []
-                size = 0
-        if batch:
-            send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-            batch = []
+            out.add(entry, reader.offset)
         reader.finish()
     except (ConverterError, OSError) as exc:
-        if batch:
-            send(b"R", reader.offset, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        send(b"X", reader.offset, json.dumps(error_to_wire(exc)).encode())
+        out.end(reader, exc)
         return
-    reports.sendall(REC.pack(b"F", reader.offset, 0))
+    out.end(reader, None)
+
+
+def _run_stage(request: dict[str, Any], fds: list[int], counters: list[int], reports: socket.socket) -> None:  # pragma: no cover
+    """Inflate a layer, parse it on the way and send its entries back.  The inflated tar
+    goes to the temporary file as usual (in big writes), except the data of regular files
+    big enough to be renamed into place: each of those goes to a file of its own in the
+    staging directory (see :mod:`converter.staging`).  Every error (corrupt or truncated
+    data, a digest, a limit, a full disk) ends the parse where it happened, as a parse
+    error would."""
+    src, out_fd, stage_fd = fds
+    spec = InflateSpec(**request["spec"])
+    what = spec.what
+    offset, size = request["offset"], request["size"]
+    pieces = inflated_pieces(spec, _region_reader(src, offset, size), counters,
+                             restart=lambda: _region_reader(src, offset, size))
+    source = StageSource(pieces, out_fd, lambda exc: _write_error(what, exc))
+    reader = TarReader(source, name=what, buffer_size=256 << 10)
+    out = _Batches(reports, counters)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        for entry in reader:
+            out.add(entry, reader.offset)
+            if entry.size >= STAGE_MIN and stages(entry):
+                start = entry.data_offset
+                source.exclude(start, start + entry.size)
+                try:
+                    fd = os.open(staged_name(start), flags, 0o600, dir_fd=stage_fd)
+                except OSError as exc:
+                    raise _write_error(what, exc) from None
+                try:
+                    at = 0
+                    for view in reader.iter_data():
+                        at = _put(fd, view, at, what)
+                        if source.held > _HOLD:
+                            source.write_until(reader.offset)  # (lets go of the pieces)
+                finally:
+                    os.close(fd)
+            if source.held > _HOLD:
+                source.write_until(reader.offset)
+        source.write_until(reader.offset)
+        reader.finish()
+        source.write_until(reader.offset)
+    except (ConverterError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = IntegrityError(f"{what}: cannot read the stored layer: {exc.strerror or exc}")
+        out.end(reader, exc)
+        return
+    out.end(reader, None)
+
+
+#: inflated bytes a staging helper holds before writing them out (the reader's read-ahead
+#: stays below this)
+_HOLD = 2 << 20
+
+
+def _put(fd: int, view: memoryview, at: int, what: str) -> int:  # pragma: no cover
+    try:
+        return pwrite_all(fd, view, at)
+    except OSError as exc:
+        raise _write_error(what, exc) from None
+
+
+def _write_error(what: str, exc: OSError) -> OutputError:
+    return OutputError(f"{what}: cannot write the inflated layer beside the output: {exc.strerror}")
 
 
 def _hash_mapped(region: FileRegion, expectations: list[Expectation]) -> bool:  # pragma: no cover

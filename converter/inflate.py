@@ -24,7 +24,7 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 from . import compression
 from .digest import Expectation
@@ -63,9 +63,25 @@ def inflate_layer(
     counters: list[int],
     restart: Optional[Callable[[], Callable[[int], bytes]]] = None,
 ) -> None:
-    """Decompress the stored bytes ``raw_read`` returns into ``emit``, verifying the blob
-    digest and size and the diff_id on the way and enforcing the ratio limit.
-    ``counters`` is ``[stored bytes read, tar bytes emitted]``, kept current for progress.
+    """Decompress the stored bytes ``raw_read`` returns into ``emit`` (see
+    :func:`inflated_pieces`)."""
+    for piece in inflated_pieces(spec, raw_read, counters, restart):
+        try:
+            emit(memoryview(piece))
+        except OSError as exc:
+            raise OutputError(f"{spec.what}: cannot write the inflated layer to a temporary file: {exc.strerror}") from None
+
+
+def inflated_pieces(
+    spec: InflateSpec,
+    raw_read: Callable[[int], bytes],
+    counters: list[int],
+    restart: Optional[Callable[[], Callable[[int], bytes]]] = None,
+) -> Iterator[bytes]:
+    """The decompressed bytes of the stored bytes ``raw_read`` returns, verifying the blob
+    digest and size and the diff_id on the way (the checks run when the last piece has
+    been taken) and enforcing the ratio limit.  ``counters`` is ``[stored bytes read, tar
+    bytes produced]``, kept current for progress.
 
     A decompression error in a blob whose stored bytes do not match their digest is
     reported as that integrity error: the corruption is the cause, not the codec (with
@@ -99,10 +115,7 @@ def inflate_layer(
                     f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
                     f"raise --max-ratio or use 0 to disable)"
                 )
-            try:
-                emit(memoryview(piece))
-            except OSError as exc:
-                raise OutputError(f"{what}: cannot write the inflated layer to a temporary file: {exc.strerror}") from None
+            yield piece
         if raw_exp is not None:
             raw_exp.check()
         if diff_exp is not None:

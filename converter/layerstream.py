@@ -10,6 +10,10 @@ Two shapes, chosen per layer:
   registry).  A producer (:func:`converter.inflate.inflate_layer`) reads and hashes the
   stored bytes, decompresses and hashes the tar, and writes it to an anonymous file; the
   header pass then reads that file in place, exactly like the first shape.
+* **staged** (a compressed blob in a file, for a directory output, with helper
+  processes): the inflating helper also parses the tar and sends the entries, and writes
+  big files straight beside the destination (:mod:`converter.staging`); the rest of the
+  contents go to the anonymous file as above.
 
 The background work runs in helper processes (:mod:`converter.workers`), or in threads
 for streamed blobs.  Either way the layer's digest, size and diff_id are checked before
@@ -29,6 +33,7 @@ from . import compression
 from .errors import LimitError
 from .image import FileRegion, Layer
 from .inflate import FollowSource, InflateAhead, InflateSpec, Inflation
+from .staging import Staging
 from .tar.reader import FileSource, TarReader
 from .workers import Job, RemoteTarReader, Workers
 
@@ -56,6 +61,7 @@ class LayerReading:
         workers: Workers,
         limits: Limits,
         spool_dir: Optional[str] = None,
+        staging: Optional[Staging] = None,
     ) -> None:
         self.layer = layer
         self.label = layer.label
@@ -67,6 +73,8 @@ class LayerReading:
         self._ahead: Optional[Inflation] = None
         self._raw: Optional[BinaryIO] = None
         self._kept = False
+        #: the directory this layer's big files are staged in (see converter.staging), or -1
+        self.stage_fd = -1
         self.compressed_size = layer.size
         region = layer.blob.region
         what = self.label
@@ -103,18 +111,25 @@ class LayerReading:
             if spec.digest or spec.size is not None:
                 spec = dataclasses.replace(spec, raw_checked_elsewhere=True)
                 self._check = workers.hash(region, [(layer.digest, layer.size, f"{what} blob")], what=what)
-            if spec.diff_id:
-                spec = dataclasses.replace(spec, diff_checked_elsewhere=True)
-            job = workers.inflate(region, spec, directory=spool_dir)
-            if spec.diff_id:
-                diff_id = spec.diff_id
+            stage_fd = staging.layer_dir() if staging is not None else -1
+            if stage_fd >= 0:
+                # parsed, hashed (diff_id) and its big files staged by the inflating helper
+                job = workers.stage(region, spec, stage_fd, directory=spool_dir)
+                self.stage_fd = stage_fd
+                self._remote = job
+            else:
+                if spec.diff_id:
+                    spec = dataclasses.replace(spec, diff_checked_elsewhere=True)
+                job = workers.inflate(region, spec, directory=spool_dir)
+                if spec.diff_id:
+                    diff_id = spec.diff_id
 
-                def check_diff_id() -> None:
-                    inflated = FileRegion(job.fd, 0, job.counters[1])
-                    self._diff_check = workers.hash(
-                        inflated, [(diff_id, None, f"{what} uncompressed content (diff_id)")], what=what)
+                    def check_diff_id() -> None:
+                        inflated = FileRegion(job.fd, 0, job.counters[1])
+                        self._diff_check = workers.hash(
+                            inflated, [(diff_id, None, f"{what} uncompressed content (diff_id)")], what=what)
 
-                job.then = check_diff_id
+                    job.then = check_diff_id
             self._ahead = job
         else:
             if raw is None:

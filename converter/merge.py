@@ -31,6 +31,7 @@ from .inflate import Inflation, release_files
 from .layerstream import LayerReading, Limits
 from .workers import Workers
 from .paths import Parts, join, show, split_name
+from .staging import Staging, stages
 from .tar.reader import TarEntry
 
 WH = b".wh."
@@ -72,7 +73,7 @@ class Node:
         self.mtime_ns = mtime_ns
         self.xattrs: dict[str, bytes] = _NO_XATTRS
         self.size = 0  # logical size of a regular file
-        self.fd = -1  # where the stored bytes are: fd + offset (see ContentSource)
+        self.fd = -1  # where the stored bytes are: fd + offset, or staged (offset < 0: see converter.staging)
         self.offset = 0
         self.sparse: Optional[tuple[tuple[int, int], ...]] = None
         self.linkname = b""
@@ -150,6 +151,7 @@ class Plan:
     readings: list[LayerReading] = field(default_factory=list, repr=False)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _inflated: list[Inflation] = field(default_factory=list, repr=False)
+    _staging: Optional[Staging] = field(default=None, repr=False)
 
     def walk(self) -> Iterator[tuple[Parts, Node]]:
         """Every entry below the root, parents before children, each directory's children
@@ -189,6 +191,9 @@ class Plan:
             fds.append(inflated.fd)
             inflated.fd = -1
         self._inflated = []
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            fds += staging.remove()
         release_files(fds)
 
 
@@ -200,6 +205,9 @@ class MergeOptions:
     keep_whiteouts: bool = False
     #: where compressed layers are inflated to (default: the system temp dir)
     spool_dir: Optional[str] = None
+    #: the destination of a directory output: big files of compressed layers are then
+    #: staged beside it and renamed into place (see converter.staging); directory sinks only
+    stage_beside: Optional[str] = None
     progress: Optional[Callable[[str, dict], None]] = None
 
 
@@ -244,6 +252,7 @@ class Merger:
         budget = limits.max_entries - self.entries_seen  # entries this layer may still add
         apply = self._apply
         in_fd, in_offset = in_place.fd, in_place.offset
+        stage_fd = reading.stage_fd
         count = 0
         for entry in reader:
             count += 1
@@ -258,8 +267,12 @@ class Merger:
                     raise LimitError(f"{self._what(entry)}: the image's contents pass --max-size {limits.max_size} bytes")
             node = apply(entry, deferred)
             if node is not None and entry.size:
-                node.fd = in_fd  # the source file, or the layer inflated ahead
-                node.offset = in_offset + entry.data_offset
+                if stage_fd >= 0 and stages(entry):
+                    node.fd = stage_fd  # a file of its own (see converter.staging)
+                    node.offset = -1 - entry.data_offset
+                else:
+                    node.fd = in_fd  # the source file, or the layer inflated ahead
+                    node.offset = in_offset + entry.data_offset
             if progress is not None and count % 1024 == 0:
                 progress("layer-entries", {"layer": layer.index, "entries": count,
                                            "bytes_in": reading.stored_bytes_read(reader.offset)})
@@ -623,13 +636,16 @@ def build_plan(
     stats: list[LayerStats] = []
     plan = Plan(merger.root, image, stats, events)
     plan._closers.append(pool.close)
+    staging = None
+    if options.stage_beside is not None and pool.forks:
+        staging = plan._staging = Staging(options.stage_beside)
 
     def open_reading(position: int) -> Optional[LayerReading]:
         if position >= len(todo):
             return None
         layer = todo[position]
         reading = LayerReading(layer, verify=options.verify, workers=pool, limits=options.limits,
-                               spool_dir=options.spool_dir)
+                               spool_dir=options.spool_dir, staging=staging)
         readings.append(reading)
         inflated = reading.keep_file()  # sinks copy contents out of inflated layers
         if inflated is not None:

@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 from .listing import EMPTY_SHA256, Record
 from .merge import BLK, CHR, LNK, REG, Node, Plan
 from .paths import Parts, join
+from .staging import open_content
 
 
 def node_sha256(node: Node) -> str:
@@ -24,20 +25,25 @@ def node_sha256(node: Node) -> str:
         segments = [(0, node.size)]
     else:
         segments = list(node.sparse)
-    pos, src = 0, node.offset
-    for file_off, length in segments:
-        if file_off > pos:
-            _zeros(h, file_off - pos)
-            pos = file_off
-        remaining = length
-        while remaining:
-            chunk = os.pread(node.fd, min(remaining, 1 << 20), src)
-            if not chunk:
-                raise OSError("content ended early")
-            h.update(chunk)
-            src += len(chunk)
-            remaining -= len(chunk)
-            pos += len(chunk)
+    fd, src, owned = open_content(node.fd, node.offset)
+    pos = 0
+    try:
+        for file_off, length in segments:
+            if file_off > pos:
+                _zeros(h, file_off - pos)
+                pos = file_off
+            remaining = length
+            while remaining:
+                chunk = os.pread(fd, min(remaining, 1 << 20), src)
+                if not chunk:
+                    raise OSError("content ended early")
+                h.update(chunk)
+                src += len(chunk)
+                remaining -= len(chunk)
+                pos += len(chunk)
+    finally:
+        if owned:
+            os.close(fd)
     if node.size > pos:
         _zeros(h, node.size - pos)
     return h.hexdigest()

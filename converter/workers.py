@@ -189,6 +189,18 @@ class Workers:
         self._submit(job)
         return job
 
+    def stage(self, region: FileRegion, spec: InflateSpec, stage_fd: int, *, directory: Optional[str]) -> Job:
+        """Inflate and parse ``region`` in a helper (only when :attr:`forks`): big files go
+        to ``stage_fd`` (see :mod:`converter.staging`), the rest of the contents to a new
+        anonymous file at their tar offsets; read the entries with
+        :class:`RemoteTarReader`."""
+        fd = anonymous_file(directory)
+        request = {"op": "stage", "what": spec.what, "offset": region.offset, "size": region.size,
+                   "spec": spec.__dict__}
+        job = Job(self, request, [region.fd, fd, stage_fd], fd=fd)
+        self._submit(job)
+        return job
+
     def _submit(self, job: Job) -> None:
         if self._held is not None:
             self._held.append(job)

@@ -8,29 +8,29 @@ partials whose process is gone.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import secrets
-import shutil
 import stat
 from typing import Optional
 
 from ..errors import OutputError
 
 PARTIAL = ".partial-"
+#: the staging directory of a conversion beside its destination (see converter.staging)
+STAGING = ".staging-"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def partial_name(dest: str) -> str:
-    return f"{dest}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+def partial_name(dest: str, kind: str = PARTIAL) -> str:
+    return f"{dest}{kind}{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def remove_stale_partials(dest: str) -> list[str]:
-    """Remove ``dest.partial-PID-*`` siblings left by dead processes of this user."""
+    """Remove ``dest.partial-PID-*`` and ``dest.staging-PID-*`` siblings left by dead
+    processes of this user."""
     parent = os.path.dirname(os.path.abspath(dest)) or "/"
-    prefix = os.path.basename(dest) + PARTIAL
+    prefixes = tuple(os.path.basename(dest) + kind for kind in (PARTIAL, STAGING))
     removed = []
     try:
         names = os.listdir(parent)
@@ -38,7 +38,8 @@ def remove_stale_partials(dest: str) -> list[str]:
         return removed
     me = os.geteuid()
     for name in names:
-        if not name.startswith(prefix):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
             continue
         pid_text = name[len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit():
@@ -78,6 +79,7 @@ def remove_path(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
+    import shutil
 
     def fix(func, p, exc):  # type: ignore[no-untyped-def]
         parent = os.path.dirname(p)
@@ -136,6 +138,8 @@ def ensure_parent(dest: str) -> None:
 
 
 def _renameat2_exchange(a: str, b: str) -> bool:
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
@@ -151,21 +155,29 @@ def _renameat2_exchange(a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), b)
 
 
+#: set from just before a result is put in place: an interrupt from then on is too late to
+#: undo anything (the CLI's handler then lets the run finish and clean up, see cli.run_guarded)
+COMMITTED = False
+
+
 def commit(partial: str, dest: str) -> None:
     """Put ``partial`` at ``dest``.  If ``dest`` exists it is exchanged atomically and the
     old content removed afterwards, so there is no moment without a complete ``dest``."""
+    global COMMITTED
+    COMMITTED = True  # (before the rename: a signal in between must not report the old state)
     try:
         if os.path.lexists(dest):
             if _renameat2_exchange(partial, dest):
                 remove_path(partial)  # now holds the old content
                 return
-            old: Optional[str] = f"{dest}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            old: Optional[str] = f"{dest}.old-{os.getpid()}-{os.urandom(4).hex()}"
             os.rename(dest, old)
             os.rename(partial, dest)
             remove_path(old)
             return
         os.rename(partial, dest)
     except OSError as exc:
+        COMMITTED = False
         raise OutputError(f"{dest}: cannot move the result into place: {exc.strerror}") from None
 
 

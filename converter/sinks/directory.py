@@ -19,6 +19,7 @@ import errno
 import os
 import signal
 import stat
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
+from ..staging import node_name
 from .atomic import begin_directory, commit, remove_path
 
 #: a writer's unit of work: a directory (its path and node) and names of its children
@@ -171,7 +173,7 @@ class DirectoryWriter:
         result = self.result
         stack: list[tuple[Parts, Node]] = [((), self.plan.root)]
         mkdir = os.mkdir
-        entries = need = 0
+        entries = need = moved = 0
         costs: list[int] = []  # per job, for sharing them out (see _split)
         while stack:
             dparts, d = stack.pop()
@@ -203,7 +205,10 @@ class DirectoryWriter:
                 if kind == REG:
                     size = node.size if node.sparse is None else node.stored_size
                     need += size
-                    batch_bytes += size
+                    if node.offset < 0:
+                        moved += size  # staged: already on this file system, renamed into place
+                    else:
+                        batch_bytes += size
                 if len(batch) >= _BATCH:
                     jobs.append((dparts, d, batch))
                     costs.append(len(batch) * _FILE_COST + batch_bytes)
@@ -214,7 +219,7 @@ class DirectoryWriter:
                 costs.append(len(batch) * _FILE_COST + batch_bytes)
         result.entries += entries
         result.dirs += len(dirs)
-        self._check_size(need)
+        self._check_size(need, need - moved)
         dirs = self._run_jobs(jobs, costs, dirs, links)  # the directories still to finish
         for key, head, parts in links:
             if key in self._skipped:
@@ -238,13 +243,15 @@ class DirectoryWriter:
             except OSError as exc:
                 raise _os_error(parts, exc, "set metadata on") from None
 
-    def _check_size(self, need: int) -> None:
-        """--max-size and free space, checked on the whole result before any data is
-        written (the writers then run in parallel, each seeing only its share)."""
+    def _check_size(self, need: int, new: int) -> None:
+        """--max-size (``need``: the result's bytes) and free space (``new``: the bytes
+        still to be written; staged files are there already), checked on the whole result
+        before any data is written (the writers then run in parallel, each seeing only
+        its share)."""
         if self.limit is not None and need > self.limit:
             raise LimitError(f"the image writes {need} bytes, more than --max-size {self.limit}")
-        if self.free is not None and need > self.free:
-            raise OutputError(f"the image needs {need} bytes but only {self.free} are free at the destination")
+        if self.free is not None and new > self.free:
+            raise OutputError(f"the image needs {new} bytes but only {self.free} are free at the destination")
 
     def _run_jobs(self, jobs: list[Job], costs: list[int], dirs: list[tuple[Parts, Node]],
                   links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
@@ -291,23 +298,31 @@ class DirectoryWriter:
     def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int, dirs: list[tuple[Parts, Node]],
                          links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
-        the work is split across forked processes that inherit the plan (copy-on-write)
-        and the directory fds.  Each child reports counts, warnings and inodes it could
-        not create through a pipe, or the one error that stopped it.
+        the work is done by forked processes that inherit the plan (copy-on-write) and the
+        directory fds.  Each child reports counts, warnings and inodes it could not create
+        through a pipe, or the one error that stopped it.
 
-        With privileges, each writer then also finishes the directories only it wrote
-        into (nothing else is created in them afterwards; subdirectories' metadata does not
-        touch their mtime), instead of leaving all of them to one process at the end."""
-        shares = _split(jobs, costs, workers)
-        owned, rest = _owned_dirs(shares, dirs, links) if self.privileged else ([[] for _ in shares], dirs)
+        The jobs are cut into contiguous chunks of about equal cost, and each writer takes
+        the next chunk number from a shared pipe until none is left: a fixed share each
+        left one writer idle for 40 ms when the other shared its core with a helper still
+        hashing.  With privileges, a writer also finishes the directories only its chunk
+        wrote into (nothing else is created in them afterwards; subdirectories' metadata
+        does not touch their mtime), instead of leaving all of them to one process at the
+        end."""
+        chunks = [c for c in _split(jobs, costs, workers * _CHUNKS) if c]
+        owned, rest = _owned_dirs(chunks, dirs, links) if self.privileged else ([[] for _ in chunks], dirs)
+        feed_r, feed_w = os.pipe()
+        try:
+            os.write(feed_w, b"".join(_CHUNK_NO.pack(i) for i in range(len(chunks))))  # (a few bytes: never blocks)
+        finally:
+            os.close(feed_w)
         children: list[tuple[int, int]] = []
         try:
-            for share, mine in zip(shares[1:], owned[1:]):
-                children.append(fork_reporting(lambda share=share, mine=mine: self._child(share, mine)))
+            for _ in range(workers - 1):
+                children.append(fork_reporting(lambda: self._child(chunks, owned, feed_r)))
             error: Optional[BaseException] = None
             try:
-                self._worker(iter(shares[0]), self.fds)
-                self._finish_dirs(owned[0], self.fds)
+                self._take(chunks, owned, feed_r, self.fds)
             except BaseException as exc:
                 error = exc
             while children:
@@ -323,6 +338,7 @@ class DirectoryWriter:
                 raise error
             return rest
         finally:
+            os.close(feed_r)
             for pid, r in children:  # interrupted: stop the others before cleanup
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -331,7 +347,18 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _child(self, share: list[Job], dirs: list[tuple[Parts, Node]]) -> dict:  # pragma: no cover - a writer child
+    def _take(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int, fds: DirFds) -> None:
+        """Write the chunks whose numbers this writer reads from ``feed`` (each read takes
+        one whole number: the pipe hands out what the writers share atomically)."""
+        while True:
+            data = os.read(feed, _CHUNK_NO.size)
+            if not data:
+                return
+            (i,) = _CHUNK_NO.unpack(data)
+            self._worker(iter(chunks[i]), fds)
+            self._finish_dirs(owned[i], fds)
+
+    def _child(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int) -> dict:  # pragma: no cover - a writer child
         collector = _CollectingEvents()
         # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
         self.events.warn = collector.warn  # type: ignore[method-assign]
@@ -339,8 +366,7 @@ class DirectoryWriter:
         self.result = DirResult(path="")
         self._skipped = set()
         fds = DirFds(self.root_fd, capacity=64)
-        self._worker(iter(share), fds)
-        self._finish_dirs(dirs, fds)
+        self._take(chunks, owned, feed, fds)
         return {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
                 "skipped": sorted(self._skipped)}
 
@@ -363,7 +389,7 @@ class DirectoryWriter:
         privileged = self.privileged
         self_uid, self_gid = self._self_ids
         files = nbytes = 0
-        open_, utime, close = os.open, os.utime, os.close
+        open_, utime, close, rename, chmod = os.open, os.utime, os.close, os.rename, os.chmod
         for dparts, d, names in jobs:
             dfd = fds.get(dparts)
             children = d.children
@@ -373,16 +399,22 @@ class DirectoryWriter:
                 if (fast and node.kind == REG and node.sparse is None and not node.xattrs and not node.mode & 0o7000
                         and (not privileged or (node.uid == self_uid and node.gid == self_gid))):
                     try:
-                        fd = open_(name, _FILE_FLAGS, node.mode & 0o777, dir_fd=dfd)
-                        try:
-                            size = node.size
-                            if size:
-                                _sendfile_all(fd, node.fd, node.offset, size, dparts + (name,))
-                                nbytes += size
-                            mtime = node.mtime_ns
-                            utime(fd, ns=(mtime, mtime))
-                        finally:
-                            close(fd)
+                        size = node.size
+                        mtime = node.mtime_ns
+                        if node.offset < 0:
+                            rename(node_name(node.offset), name, src_dir_fd=node.fd, dst_dir_fd=dfd)
+                            chmod(name, node.mode & 0o777, dir_fd=dfd)  # (a file we just placed)
+                            utime(name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
+                            nbytes += size
+                        else:
+                            fd = open_(name, _FILE_FLAGS, node.mode & 0o777, dir_fd=dfd)
+                            try:
+                                if size:
+                                    _sendfile_all(fd, node.fd, node.offset, size, dparts + (name,))
+                                    nbytes += size
+                                utime(fd, ns=(mtime, mtime))
+                            finally:
+                                close(fd)
                     except OSError as exc:
                         raise _os_error(dparts + (name,), exc, "create") from None
                     files += 1
@@ -411,10 +443,18 @@ class DirectoryWriter:
         mode = node.mode
         chown = self.privileged and (uid, gid) != self._self_ids
         xattrs = self._with_ids(node.xattrs, uid, gid)
-        simple = not chown and not mode & 0o7000 and not xattrs
-        fd = os.open(name, _FILE_FLAGS, (mode & 0o777) if simple else 0o600, dir_fd=parent_fd)
+        staged = node.offset < 0
+        simple = not chown and not mode & 0o7000 and not xattrs and not staged
+        if staged:  # already written, by the helper that inflated it (see converter.staging)
+            os.rename(node_name(node.offset), name, src_dir_fd=node.fd, dst_dir_fd=parent_fd)
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        else:
+            fd = os.open(name, _FILE_FLAGS, (mode & 0o777) if simple else 0o600, dir_fd=parent_fd)
         try:
-            if node.size:
+            if staged:
+                with self._count_lock:
+                    self.result.bytes += node.size
+            elif node.size:
                 self._copy(fd, node, parts)
             if chown:
                 self._fchown(fd, uid, gid, parts)
@@ -561,6 +601,9 @@ class DirectoryWriter:
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _BATCH = 256
+#: chunks per writer (see _run_jobs_forked): the last one taken bounds the imbalance
+_CHUNKS = 6
+_CHUNK_NO = struct.Struct("<I")
 
 
 class _CollectingEvents:
@@ -578,9 +621,9 @@ class _CollectingEvents:
 
 def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]
                 ) -> tuple[list[list[tuple[Parts, Node]]], list[tuple[Parts, Node]]]:
-    """For each share, the directories (in creation order) that only its writer creates
-    entries in; and the rest, for the parent after the hard links: directories two
-    writers share, directories links go into, and those holding only directories."""
+    """For each share (a chunk of jobs), the directories (in creation order) that only it
+    creates entries in; and the rest, for the parent after the hard links: directories two
+    shares have entries in, directories links go into, and those holding only directories."""
     owner: dict[int, int] = {}
     for k, share in enumerate(shares):
         for _, d, _ in share:
@@ -599,8 +642,8 @@ def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: 
 
 
 def _split(jobs: list[Job], costs: list[int], workers: int) -> list[list[Job]]:
-    """Contiguous runs of jobs of about equal cost, one per writer.  Jobs come in tree
-    order, so each writer mostly creates in directories the other does not touch:
+    """``workers`` contiguous runs of jobs of about equal cost.  Jobs come in tree order,
+    so writers working on different runs mostly create in different directories:
     interleaving batches made both writers create in the same directory at once, where
     they queue on its lock."""
     total = sum(costs)

@@ -171,7 +171,7 @@ OUTPUT_NAMES = ("out", "out.tar", "xroot")
 
 
 def _is_output(name: str) -> bool:
-    return name in OUTPUT_NAMES or ".partial-" in name or ".old-" in name
+    return name in OUTPUT_NAMES or ".partial-" in name or ".staging-" in name or ".old-" in name
 
 
 @dataclass
@@ -243,7 +243,7 @@ class Arena:
             pytest.fail("CONFINEMENT VIOLATED\n" + "\n".join(problems))
 
     def partials(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.dir) if ".partial-" in n or ".old-" in n)
+        return sorted(n for n in os.listdir(self.dir) if ".partial-" in n or ".staging-" in n or ".old-" in n)
 
 
 def _populate_victim(victim: Path) -> None:

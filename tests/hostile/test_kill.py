@@ -10,8 +10,8 @@ and the destination's directory, never by timing.
 Afterwards the destination is absent, or exactly its previous content (``OUT`` is
 pre-populated by an earlier small conversion for half the runs, replaced with
 ``--force``).  After SIGINT/SIGTERM the exit code is 130 with one line on stderr and no
-``OUT.partial-*`` is left; after SIGKILL a partial may remain, and the next run for the
-same destination must succeed and remove it.
+``OUT.partial-*`` or ``OUT.staging-*`` is left; after SIGKILL they may remain, and the
+next run for the same destination must succeed and remove them.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def _run(image: Path, out: Path, sink: str, force: bool) -> subprocess.Completed
 
 
 def _partials(arena: Arena) -> list[str]:
-    return [n for n in os.listdir(arena.dir) if ".partial-" in n]
+    """What a conversion leaves beside its destination while it runs: the partial output
+    and the staging directory of big inflated files."""
+    return [n for n in os.listdir(arena.dir) if ".partial-" in n or ".staging-" in n]
 
 
 def _image_open(pid: int, image: Path) -> bool:
@@ -116,6 +118,8 @@ def _written(arena: Arena, sink: str) -> int:
     bytes of the partial tar."""
     total = 0
     for name in _partials(arena):
+        if ".partial-" not in name:
+            continue  # staged files are written during the merge, not output yet
         path = arena.dir / name
         try:
             if sink == "dir":
@@ -384,3 +388,34 @@ def test_interrupt_while_helpers_start_or_report(arena: Arena, sink: str, where:
     assert not child_processes(zombies=False) - before, "a helper process outlived the run"
 
 
+
+
+@pytest.mark.parametrize("when", ["before-commit", "after-commit"])
+def test_an_interrupt_once_the_result_is_in_place_lets_the_run_finish(tmp_path: Path, when: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C before the result is put in place: exit 130, nothing left.  After it (while
+    the run removes its staging directory and temporary files), the run finishes: the
+    result is complete and claiming "the destination was left as it was" would be false."""
+    from converter import cli, convert
+    from converter.sinks import atomic, directory
+    from converter.testing.imagegen import ImageSpec, Layer, write_oci_layout
+
+    write_oci_layout(tmp_path / "layout", ImageSpec(layers=[Layer([File("big", os.urandom(1 << 20))], compression="zstd")]))
+    original = atomic.commit
+
+    def commit(partial: str, dest: str) -> None:
+        if when == "before-commit":
+            os.kill(os.getpid(), signal.SIGINT)
+        original(partial, dest)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(directory, "commit", commit)
+    out = tmp_path / "out"
+    if when == "before-commit":
+        with pytest.raises(SystemExit) as info:
+            cli.run_guarded(lambda: convert(f"oci:{tmp_path / 'layout'}", out))
+        assert info.value.code == 130 and not out.exists()
+    else:
+        cli.run_guarded(lambda: convert(f"oci:{tmp_path / 'layout'}", out))
+        assert (out / "big").stat().st_size == 1 << 20
+    assert sorted(os.listdir(tmp_path)) == ["layout"] + (["out"] if when == "after-commit" else [])

@@ -1,0 +1,206 @@
+"""Staging: the big files of compressed layers are written once, where the output goes.
+
+Without it, a compressed layer is inflated to a temporary file and the directory writer
+copies each file's bytes out of it: every byte is written twice, and on tmpfs the writing
+is mostly page allocation, not copying (measured on the zstd bench image: 0.22 CPU-s to
+write the 610 MB temporary file, 0.29 CPU-s to ``sendfile`` 420 MB out of it, of 2.3 in
+all).
+
+With staging (directory output, helper processes, a compressed layer in a file), the
+helper that inflates a layer also parses it as it goes (:func:`converter.helper._run_stage`),
+sends the entries to the merge, and writes each regular file of at least
+:data:`STAGE_MIN` bytes into a private staging directory beside the destination, named by
+the offset of its data in the layer's tar.  The directory writer then *renames* the ones
+that survive the merge into place; what later layers deleted is removed with the staging
+directory.  Smaller contents still go to the temporary file, at their tar offsets (a
+rename and the extra open cost about as much as copying 40 KB).
+
+A staged node is marked by a negative ``offset`` (``-1 - data offset``) and its ``fd`` is
+the layer's staging directory; :func:`open_content` is how readers get at its bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from typing import Callable, Iterator, Optional
+
+from .inflate import close_quietly, pwrite_all
+from .tar.reader import TarEntry
+
+#: regular files at least this big are staged (below it, copying is cheaper than renaming)
+STAGE_MIN = 64 << 10
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def stages(entry: TarEntry) -> bool:
+    """Whether a staging helper writes this entry's data to a file of its own (the merge
+    uses the same rule to know where the data went)."""
+    return entry.type == b"0" and entry.sparse is None and entry.size >= STAGE_MIN
+
+
+def staged_name(data_offset: int) -> bytes:
+    return b"%x" % data_offset
+
+
+def is_staged(offset: int) -> bool:
+    return offset < 0
+
+
+def node_name(offset: int) -> bytes:
+    """The staged file's name for a node's (negative) ``offset``."""
+    return staged_name(-1 - offset)
+
+
+def open_content(fd: int, offset: int) -> tuple[int, int, bool]:
+    """``(fd, offset, owned)`` to read a regular file's bytes from, for a node's ``fd`` and
+    ``offset``; ``owned``: the caller closes the fd."""
+    if offset >= 0:
+        return fd, offset, False
+    return os.open(node_name(offset), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), 0, True
+
+
+class StageSource:
+    """The tar reader's byte source in a staging helper: the inflated pieces, which are
+    also written to the temporary file at their tar offsets, in big writes, except the
+    ranges :meth:`exclude` names (staged data, written elsewhere).
+
+    Pieces are held until the reader has consumed them (:meth:`write_until` its offset),
+    so a staged entry's data already read ahead into the reader's buffer is still left
+    out.  Errors of the producer surface from ``readinto``, where the reader needs the
+    bytes."""
+
+    def __init__(self, pieces: Iterator[bytes], fd: int, on_error: Callable[[OSError], BaseException]) -> None:
+        self._pieces = pieces
+        self._fd = fd
+        self._on_error = on_error
+        self._cur = memoryview(b"")
+        self._end = 0  # stream offset after the last piece taken
+        self._held: deque[tuple[int, memoryview]] = deque()  # taken, not yet written
+        self.held = 0  # bytes in _held
+        self._written = 0  # everything below this is written or excluded
+        self._skip = (0, 0)  # the excluded range [start, end)
+
+    def _next(self) -> bool:
+        while not len(self._cur):
+            piece = next(self._pieces, None)
+            if piece is None:
+                return False
+            view = memoryview(piece)
+            self._held.append((self._end, view))
+            self.held += len(view)
+            self._end += len(view)
+            self._cur = view
+        return True
+
+    def readinto(self, b: memoryview) -> int:
+        if not self._next():
+            return 0
+        cur = self._cur
+        n = min(len(b), len(cur))
+        b[:n] = cur[:n]
+        self._cur = cur[n:]
+        return n
+
+    def skip(self, n: int) -> int:
+        done = 0
+        while done < n and self._next():
+            take = min(n - done, len(self._cur))
+            self._cur = self._cur[take:]
+            done += take
+        return done
+
+    def exclude(self, start: int, end: int) -> None:
+        """Leave ``[start, end)`` out of the temporary file (it must lie after everything
+        excluded before)."""
+        self.write_until(start)
+        self._skip = (start, end)
+
+    def write_until(self, end: int) -> None:
+        """Write the held bytes below ``end`` (minus the excluded range) and let go of them."""
+        held = self._held
+        skip_start, skip_end = self._skip
+        while held and self._written < end:
+            off, view = held[0]
+            stop = min(end, off + len(view))
+            pos = self._written
+            while pos < stop:
+                if skip_start <= pos < skip_end:
+                    pos = min(stop, skip_end)
+                    continue
+                upto = min(stop, skip_start) if pos < skip_start else stop
+                try:
+                    pwrite_all(self._fd, view[pos - off:upto - off], pos)
+                except OSError as exc:
+                    raise self._on_error(exc) from None
+                pos = upto
+            self._written = stop
+            if stop == off + len(view):
+                held.popleft()
+                self.held -= len(view)
+
+
+class Staging:
+    """The staging directory of one conversion: ``DEST.staging-PID-RANDOM`` beside the
+    destination (same file system, so renames work; a crash leaves it to the next run's
+    stale-partial cleanup), with a subdirectory per layer.  Created on first use."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.path: Optional[str] = None
+        self._root_fd = -1
+        self._fds: list[int] = []
+        self._broken = False
+
+    def layer_dir(self) -> int:
+        """A new directory for one layer's staged files: its fd, or -1 when staging is not
+        possible here (the layer is then inflated to a temporary file as usual)."""
+        if self._broken:
+            return -1
+        try:
+            if self.path is None:
+                from .sinks.atomic import STAGING, partial_name
+
+                path = partial_name(self.dest, STAGING)
+                os.mkdir(path, 0o700)
+                self.path = path
+                self._root_fd = os.open(path, _DIR_FLAGS)
+            name = str(len(self._fds))
+            os.mkdir(name, 0o700, dir_fd=self._root_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._root_fd)
+        except OSError:
+            self._broken = True
+            return -1
+        self._fds.append(fd)
+        return fd
+
+    def remove(self) -> list[int]:
+        """Remove what the writer did not move into place.  Big leftovers (files a later
+        layer deleted) are unlinked while still open: their fds are returned, for the
+        caller to free with the inflated files (see
+        :func:`~converter.inflate.release_files`)."""
+        held: list[int] = []
+        try:
+            for fd in self._fds:
+                for name in os.listdir(fd):
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode) and st.st_size >= STAGE_MIN:
+                            held.append(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd))
+                        os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        pass
+        finally:
+            for fd in self._fds:
+                close_quietly(fd)
+            self._fds = []
+            close_quietly(self._root_fd)
+            self._root_fd = -1
+            if self.path is not None:
+                from .sinks.atomic import remove_path
+
+                remove_path(self.path)
+                self.path = None
+        return held
