@@ -13,7 +13,7 @@ from .errors import UsageError
 from .ids import IdMap, IdMapper, IdRange, check_id, read_subid_file
 from .image import Image, Layer, Platform
 from .layerstream import Limits
-from .merge import Events, LayerStats, MergeOptions, Plan, build_plan
+from .merge import Events, LayerStats, MergeOptions, Plan, build_plan, gc_paused
 from .select import select_layers
 from .sinks.directory import DirectoryOptions, write_directory
 from .sinks.tar import TarOptions, write_tar
@@ -174,40 +174,41 @@ def convert(
         chosen = select_layers(image, layers=layers, skip=skip_layers, only=only_layer)
         dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
                                        max_size=max_size, keep_ids=keep_ids)
-        plan = plan_image(
-            image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
-            progress=progress, keep_whiteouts=only_layer is not None and flatten,
-            stage_beside=os.path.abspath(out) if spool_dir is not None and not flatten else None,
-        )
-        if keep_tree is not None:
-            keep_tree.append(plan)
-        try:
-            bundle_cfg = None
-            if bundle:
-                from .bundle import bundle_config
+        with gc_paused():  # (the merge and the sinks walk the whole view: see gc_paused)
+            plan = plan_image(
+                image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
+                progress=progress, keep_whiteouts=only_layer is not None and flatten,
+                stage_beside=os.path.abspath(out) if spool_dir is not None and not flatten else None,
+            )
+            if keep_tree is not None:
+                keep_tree.append(plan)
+            try:
+                bundle_cfg = None
+                if bundle:
+                    from .bundle import bundle_config
 
-                if flatten:
-                    raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
-                # resolved before --path prunes the tree: the user lives in /etc/passwd
-                bundle_cfg = bundle_config(image.config, plan=plan, ids=mapper)
-            if paths or with_deps:
-                from .pathselect import select_paths
+                    if flatten:
+                        raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
+                    # resolved before --path prunes the tree: the user lives in /etc/passwd
+                    bundle_cfg = bundle_config(image.config, plan=plan, ids=mapper)
+                if paths or with_deps:
+                    from .pathselect import select_paths
 
-                select_paths(plan, list(paths), with_deps=with_deps, events=events)
-            if bundle:
-                from .bundle import write_bundle
+                    select_paths(plan, list(paths), with_deps=with_deps, events=events)
+                if bundle:
+                    from .bundle import write_bundle
 
-                dres = write_bundle(plan, image, out, dir_options, config=bundle_cfg)
-                entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
-            elif flatten:
-                res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch,
-                                                      max_size=max_size))
-                entries, nbytes, kind = res.entries, res.bytes, "tar"
-            else:
-                dres = write_directory(plan, out, dir_options)
-                entries, nbytes, kind = dres.entries, dres.bytes, "dir"
-        finally:
-            plan.close()
+                    dres = write_bundle(plan, image, out, dir_options, config=bundle_cfg)
+                    entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
+                elif flatten:
+                    res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch,
+                                                          max_size=max_size))
+                    entries, nbytes, kind = res.entries, res.bytes, "tar"
+                else:
+                    dres = write_directory(plan, out, dir_options)
+                    entries, nbytes, kind = dres.entries, dres.bytes, "dir"
+            finally:
+                plan.close()
         return ConvertResult(
             output=out, kind=kind, entries=entries, bytes=nbytes,
             layers_applied=[layer.index for layer in chosen],

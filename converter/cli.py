@@ -8,6 +8,7 @@ never with ``NO_COLOR``.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -338,6 +339,10 @@ _KEPT: list[object] = []
 def main() -> None:
     """Entry point.  The interpreter's own teardown (freeing every node of a large plan)
     is skipped once the command has finished and flushed its output."""
+    # A short-lived process that frees its objects by reference counting: the cyclic
+    # collector only re-walked the imported modules and the merged view (about 10 ms of
+    # start-up, more per 10k entries)
+    gc.disable()
     _state["exits"] = True
     try:
         app()
