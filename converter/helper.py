@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 from .digest import Expectation
 from .errors import ConverterError, IntegrityError, OutputError
-from .forking import die_with_parent, error_to_wire
+from .forking import die_with_parent, error_to_wire, keep_freed_memory
 from .hashing import hash_region
 from .image import FileRegion
 from .inflate import InflateSpec, inflate_layer, inflated_pieces, pwrite_all
@@ -41,6 +41,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
     """Run jobs until the parent hangs up.  Interrupts are the parent's business: it
     cleans up and its death takes the helper with it (PR_SET_PDEATHSIG)."""
     die_with_parent()
+    keep_freed_memory()
     import faulthandler
 
     faulthandler.disable()  # a fatal signal is the parent's to report (see Workers._read)
