@@ -343,6 +343,9 @@ def main() -> None:
     # collector only re-walked the imported modules and the merged view (about 10 ms of
     # start-up, more per 10k entries)
     gc.disable()
+    from .forking import keep_freed_memory
+
+    keep_freed_memory()
     _state["exits"] = True
     try:
         app()
