@@ -48,6 +48,10 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()
+    # A helper gets what the merge waits for first and the hashing after (see
+    # Workers.release); the hashing is only needed before the result is committed, so it
+    # runs at a lower priority and fills the time the merge and the writers leave idle
+    lowered = False
     while True:
         got = _receive(sock)
         if got is None:
@@ -56,6 +60,8 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         counters = [0, 0]
         try:
             if request["op"] == "hash":
+                if not lowered:  # (see below)
+                    lowered = _lower_priority()
                 _run_hash(request, fds[0], counters)
             elif request["op"] == "parse":
                 _parse(FileRegion(fds[0], request["offset"], request["size"]), str(request["what"]), reports)
@@ -74,6 +80,14 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _lower_priority() -> bool:  # pragma: no cover - runs in the helper
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
+    except OSError:
+        pass
+    return True
 
 
 def _receive(sock: socket.socket) -> Optional[tuple[dict[str, Any], list[int]]]:  # pragma: no cover
