@@ -13,7 +13,7 @@ import lzma
 import queue
 import threading
 import zlib
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import ConverterError, InputError, IntegrityError
 
@@ -254,6 +254,62 @@ class ZstdFrames:
                     self._state, self._need = "block", 3
 
 
+class ZstdReader:
+    """A zstd stream (any number of frames, skippable ones included) decompressed on
+    demand: ``read(n)`` returns new bytes, ``readinto(b)`` decompresses straight into the
+    caller's buffer (no piece allocated or copied).  A stream cut between or inside frames
+    is an error (:class:`ZstdFrames`), and so is anything after the last frame that is not
+    a whole frame."""
+
+    def __init__(self, raw_read: Callable[[int], bytes], *, what: str) -> None:
+        import zstandard
+
+        self.what = what
+        self._frames = frames = ZstdFrames(what)
+
+        class _Raw:
+            def read(self, n: int) -> bytes:
+                chunk = raw_read(n)
+                frames.feed(chunk)
+                return chunk
+
+        self._raw = _Raw()
+        self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 30).stream_reader(
+            self._raw, read_size=PIECE, read_across_frames=True)
+        self._codec_error = zstandard.ZstdError
+        self._ended = False
+
+    def read(self, n: int) -> bytes:
+        return self._call(self._reader.read, n)
+
+    def readinto(self, b: memoryview) -> int:
+        return self._call(self._reader.readinto, b)
+
+    def _call(self, method: Callable[[Any], Any], arg: Any) -> Any:
+        try:
+            out = method(arg)
+        except self._codec_error as exc:
+            raise self._error(exc) from None
+        if not out:  # (no bytes, or 0 of them)
+            self._end()
+        return out
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        while self._raw.read(PIECE):  # anything the reader left must still be whole frames
+            pass
+        if not self._frames.complete:
+            raise IntegrityError(f"{self.what}: truncated zstd data (stream ends mid-frame)")
+
+    def _error(self, exc: BaseException) -> InputError:
+        msg = str(exc)
+        if "incomplete" in msg or "truncat" in msg or "end of" in msg:
+            return IntegrityError(f"{self.what}: truncated zstd data: {msg}")
+        return InputError(f"{self.what}: corrupt zstd data: {msg}")
+
+
 def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) -> Iterator[bytes]:
     """The decompressed bytes of a stored stream, in pieces of at most PIECE bytes."""
     if kind == NONE:
@@ -263,38 +319,12 @@ def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) ->
                 return
             yield chunk
     elif kind == ZSTD:
-        import zstandard
-
-        frames = ZstdFrames(what)
-
-        class _Raw:
-            def __init__(self, read: Callable[[int], bytes]) -> None:
-                self._read = read
-
-            def read(self, n: int) -> bytes:
-                chunk = self._read(n)
-                frames.feed(chunk)
-                return chunk
-
-        raw = _Raw(raw_read)
-        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 30)
-        reader = dctx.stream_reader(raw, read_size=PIECE, read_across_frames=True)
-        try:
-            while True:
-                out = reader.read(PIECE)
-                if not out:
-                    break
-                yield out
-            while raw.read(PIECE):  # anything the reader left must still be whole frames
-                pass
-            if not frames.complete:
-                raise IntegrityError(f"{what}: truncated zstd data (stream ends mid-frame)")
-            return
-        except zstandard.ZstdError as exc:
-            msg = str(exc)
-            if "incomplete" in msg or "truncat" in msg or "end of" in msg:
-                raise IntegrityError(f"{what}: truncated zstd data: {msg}") from None
-            raise InputError(f"{what}: corrupt zstd data: {msg}") from None
+        reader = ZstdReader(raw_read, what=what)
+        while True:
+            out = reader.read(PIECE)
+            if not out:
+                return
+            yield out
     else:
         inflater = _Inflater(kind, what)
         while True:

@@ -29,7 +29,7 @@ from .errors import ConverterError, IntegrityError, OutputError
 from .forking import die_with_parent, error_to_wire, keep_freed_memory
 from .hashing import hash_region
 from .image import FileRegion
-from .inflate import InflateSpec, inflate_layer, inflated_pieces, pwrite_all
+from .inflate import InflatedStream, InflateSpec, inflate_layer, pwrite_all
 from .staging import STAGE_MIN, StageSource, staged_name, stages
 from .tar.reader import FileSource, TarEntry, TarReader
 
@@ -195,9 +195,9 @@ def _run_stage(request: dict[str, Any], fds: list[int], counters: list[int], rep
     spec = InflateSpec(**request["spec"])
     what = spec.what
     offset, size = request["offset"], request["size"]
-    pieces = inflated_pieces(spec, _region_reader(src, offset, size), counters,
-                             restart=lambda: _region_reader(src, offset, size))
-    source = StageSource(pieces, out_fd, lambda exc: _write_error(what, exc))
+    stream = InflatedStream(spec, _region_reader(src, offset, size), counters,
+                            restart=lambda: _region_reader(src, offset, size))
+    source = StageSource(stream, out_fd, lambda exc: _write_error(what, exc))
     reader = TarReader(source, name=what, buffer_size=256 << 10)
     out = _Batches(reports, counters)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -215,26 +215,15 @@ def _run_stage(request: dict[str, Any], fds: list[int], counters: list[int], rep
                     at = 0
                     for view in reader.iter_data():
                         at = _put(fd, view, at, what)
-                        if source.held > _HOLD:
-                            source.write_until(reader.offset)  # (lets go of the pieces)
                 finally:
                     os.close(fd)
-            if source.held > _HOLD:
-                source.write_until(reader.offset)
-        source.write_until(reader.offset)
         reader.finish()
-        source.write_until(reader.offset)
     except (ConverterError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = IntegrityError(f"{what}: cannot read the stored layer: {exc.strerror or exc}")
         out.end(reader, exc)
         return
     out.end(reader, None)
-
-
-#: inflated bytes a staging helper holds before writing them out (the reader's read-ahead
-#: stays below this)
-_HOLD = 2 << 20
 
 
 def _put(fd: int, view: memoryview, at: int, what: str) -> int:  # pragma: no cover

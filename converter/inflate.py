@@ -78,69 +78,137 @@ def inflated_pieces(
     counters: list[int],
     restart: Optional[Callable[[], Callable[[int], bytes]]] = None,
 ) -> Iterator[bytes]:
-    """The decompressed bytes of the stored bytes ``raw_read`` returns, verifying the blob
-    digest and size and the diff_id on the way (the checks run when the last piece has
-    been taken) and enforcing the ratio limit.  ``counters`` is ``[stored bytes read, tar
-    bytes produced]``, kept current for progress.
+    """The decompressed bytes of the stored bytes ``raw_read`` returns, verified and
+    limited on the way (see :class:`_Checks`; the digests are checked when the last
+    piece has been taken).  ``counters`` is ``[stored bytes read, tar bytes produced]``,
+    kept current for progress."""
+    checks = _Checks(spec, raw_read, counters, restart)
+    try:
+        for piece in compression.inflate_pieces(spec.kind, checks.read_raw, what=spec.what):
+            checks.produced(piece)
+            yield piece
+        checks.done()
+    except InputError as exc:
+        checks.blame(exc)
+        raise
 
-    A decompression error in a blob whose stored bytes do not match their digest is
-    reported as that integrity error: the corruption is the cause, not the codec (with
-    ``raw_checked_elsewhere``, ``restart`` gives a fresh reader to check that)."""
-    what = spec.what
-    raw_exp = None
-    if not spec.raw_checked_elsewhere and (spec.digest or spec.size is not None):
-        raw_exp = Expectation(spec.digest, spec.size, what=f"{what} blob")
-    diff_exp = None
-    if spec.diff_id and not spec.diff_checked_elsewhere:
-        diff_exp = Expectation(spec.diff_id, None, what=f"{what} uncompressed content (diff_id)")
-    ratio, floor = spec.max_ratio, spec.ratio_floor
-    compressed = spec.kind != compression.NONE
 
-    def counted_read(n: int) -> bytes:
-        chunk = raw_read(n)
+class InflatedStream:
+    """The same bytes and checks as :func:`inflated_pieces`, read with ``readinto``: zstd
+    decompresses straight into the caller's buffer (the staging helper's tar reader), the
+    other codecs' pieces are copied into it."""
+
+    def __init__(self, spec: InflateSpec, raw_read: Callable[[int], bytes], counters: list[int],
+                 restart: Optional[Callable[[], Callable[[int], bytes]]] = None) -> None:
+        self._checks = checks = _Checks(spec, raw_read, counters, restart)
+        self._zstd = compression.ZstdReader(checks.read_raw, what=spec.what) if spec.kind == compression.ZSTD else None
+        self._pieces = None if self._zstd is not None else compression.inflate_pieces(
+            spec.kind, checks.read_raw, what=spec.what)
+        self._cur = memoryview(b"")
+        self._ended = False
+
+    def readinto(self, b: memoryview) -> int:
+        if self._ended:
+            return 0
+        try:
+            n = self._zstd.readinto(b) if self._zstd is not None else self._copy(b)
+            if n:
+                self._checks.produced(b[:n])
+            else:
+                self._ended = True
+                self._checks.done()
+            return n
+        except InputError as exc:
+            self._ended = True
+            self._checks.blame(exc)
+            raise
+
+    def _copy(self, b: memoryview) -> int:
+        assert self._pieces is not None
+        while not len(self._cur):
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._cur = memoryview(piece)
+        cur = self._cur
+        n = min(len(b), len(cur))
+        b[:n] = cur[:n]
+        self._cur = cur[n:]
+        return n
+
+
+class _Checks:
+    """What every producer of inflated bytes checks: the blob digest and size (unless
+    ``raw_checked_elsewhere``), the diff_id (unless ``diff_checked_elsewhere``), the ratio
+    limit; and the blame for a decompression error: in a blob whose stored bytes do not
+    match their digest it is reported as that integrity error, the corruption being the
+    cause, not the codec (with ``raw_checked_elsewhere``, ``restart`` gives a fresh reader
+    to check that)."""
+
+    def __init__(self, spec: InflateSpec, raw_read: Callable[[int], bytes], counters: list[int],
+                 restart: Optional[Callable[[], Callable[[int], bytes]]]) -> None:
+        what = spec.what
+        self.spec = spec
+        self._raw_read = raw_read
+        self.counters = counters
+        self._restart = restart
+        self.raw_exp = None
+        if not spec.raw_checked_elsewhere and (spec.digest or spec.size is not None):
+            self.raw_exp = Expectation(spec.digest, spec.size, what=f"{what} blob")
+        self.diff_exp = None
+        if spec.diff_id and not spec.diff_checked_elsewhere:
+            self.diff_exp = Expectation(spec.diff_id, None, what=f"{what} uncompressed content (diff_id)")
+        self._ratio = spec.max_ratio if spec.kind != compression.NONE else 0
+
+    def read_raw(self, n: int) -> bytes:
+        chunk = self._raw_read(n)
         if chunk:
-            counters[0] += len(chunk)
-            if raw_exp is not None:
-                raw_exp.update(chunk)
+            self.counters[0] += len(chunk)
+            if self.raw_exp is not None:
+                self.raw_exp.update(chunk)
         return chunk
 
-    try:
-        for piece in compression.inflate_pieces(spec.kind, counted_read, what=what):
-            counters[1] += len(piece)
-            if diff_exp is not None:
-                diff_exp.update(piece)
-            out = counters[1]
-            if ratio and compressed and out > floor and out > ratio * max(counters[0], 1):
-                raise LimitError(
-                    f"{what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
-                    f"raise --max-ratio or use 0 to disable)"
-                )
-            yield piece
-        if raw_exp is not None:
-            raw_exp.check()
-        if diff_exp is not None:
-            diff_exp.check()
-    except InputError as exc:
+    def produced(self, piece: "bytes | memoryview") -> None:
+        counters = self.counters
+        counters[1] += len(piece)
+        if self.diff_exp is not None:
+            self.diff_exp.update(piece)
+        out, ratio = counters[1], self._ratio
+        if ratio and out > self.spec.ratio_floor and out > ratio * max(counters[0], 1):
+            raise LimitError(
+                f"{self.spec.what}: decompresses to more than {ratio}x its size (likely a decompression bomb; "
+                f"raise --max-ratio or use 0 to disable)"
+            )
+
+    def done(self) -> None:
+        if self.raw_exp is not None:
+            self.raw_exp.check()
+        if self.diff_exp is not None:
+            self.diff_exp.check()
+
+    def blame(self, exc: InputError) -> None:
+        """Raise the blob's integrity error if a corrupt blob explains ``exc``; else
+        return (the caller re-raises ``exc``)."""
         if isinstance(exc, IntegrityError):
-            raise
-        check, read = raw_exp, counted_read
-        if check is None and spec.raw_checked_elsewhere and spec.digest and restart is not None:
-            check, read = Expectation(spec.digest, spec.size, what=f"{what} blob"), restart()
+            return
+        spec = self.spec
+        check, read = self.raw_exp, self.read_raw
+        if check is None and spec.raw_checked_elsewhere and spec.digest and self._restart is not None:
+            check, read = Expectation(spec.digest, spec.size, what=f"{spec.what} blob"), self._restart()
         if check is None or check.hasher is None:
-            raise
+            return
         try:
             while True:
                 chunk = read(1 << 20)
                 if not chunk:
                     break
-                if check is not raw_exp:
+                if check is not self.raw_exp:
                     check.update(chunk)
             check.check()
         except IntegrityError as integrity:
             raise integrity from exc
         except (OSError, ConverterError):
             pass
-        raise
 
 
 def anonymous_file(directory: Optional[str]) -> int:

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections import deque
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-from .inflate import close_quietly, pwrite_all
+from .inflate import InflatedStream, close_quietly, pwrite_all
 from .tar.reader import TarEntry
 
 #: regular files at least this big are staged (below it, copying is cheaper than renaming)
@@ -63,83 +62,53 @@ def open_content(fd: int, offset: int) -> tuple[int, int, bool]:
 
 
 class StageSource:
-    """The tar reader's byte source in a staging helper: the inflated pieces, which are
-    also written to the temporary file at their tar offsets, in big writes, except the
-    ranges :meth:`exclude` names (staged data, written elsewhere).
+    """The tar reader's byte source in a staging helper: reads the inflated stream into
+    the reader's own buffer and writes what it read to the temporary file at its tar
+    offset, except the range :meth:`exclude` names (a staged file's data, written
+    elsewhere).  A staged file's first bytes may have been read ahead into the reader's
+    buffer (and so written) before its header was parsed: a little waste, never a loss,
+    since only bytes outside excluded ranges are ever read back from the file."""
 
-    Pieces are held until the reader has consumed them (:meth:`write_until` its offset),
-    so a staged entry's data already read ahead into the reader's buffer is still left
-    out.  Errors of the producer surface from ``readinto``, where the reader needs the
-    bytes."""
-
-    def __init__(self, pieces: Iterator[bytes], fd: int, on_error: Callable[[OSError], BaseException]) -> None:
-        self._pieces = pieces
+    def __init__(self, stream: "InflatedStream", fd: int, on_error: Callable[[OSError], BaseException]) -> None:
+        self._stream = stream
         self._fd = fd
         self._on_error = on_error
-        self._cur = memoryview(b"")
-        self._end = 0  # stream offset after the last piece taken
-        self._held: deque[tuple[int, memoryview]] = deque()  # taken, not yet written
-        self.held = 0  # bytes in _held
-        self._written = 0  # everything below this is written or excluded
+        self._pos = 0  # tar offset of the next byte read
         self._skip = (0, 0)  # the excluded range [start, end)
+        self._scratch: Optional[memoryview] = None
 
-    def _next(self) -> bool:
-        while not len(self._cur):
-            piece = next(self._pieces, None)
-            if piece is None:
-                return False
-            view = memoryview(piece)
-            self._held.append((self._end, view))
-            self.held += len(view)
-            self._end += len(view)
-            self._cur = view
-        return True
+    def exclude(self, start: int, end: int) -> None:
+        self._skip = (start, end)
 
     def readinto(self, b: memoryview) -> int:
-        if not self._next():
-            return 0
-        cur = self._cur
-        n = min(len(b), len(cur))
-        b[:n] = cur[:n]
-        self._cur = cur[n:]
+        n = self._stream.readinto(b)
+        if n:
+            pos = self._pos
+            end = pos + n
+            start, stop = self._skip
+            try:
+                if end <= start or pos >= stop:
+                    pwrite_all(self._fd, b[:n], pos)
+                else:
+                    if pos < start:
+                        pwrite_all(self._fd, b[:start - pos], pos)
+                    if end > stop:
+                        pwrite_all(self._fd, b[stop - pos:n], stop)
+            except OSError as exc:
+                raise self._on_error(exc) from None
+            self._pos = end
         return n
 
     def skip(self, n: int) -> int:
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(1 << 20))
         done = 0
-        while done < n and self._next():
-            take = min(n - done, len(self._cur))
-            self._cur = self._cur[take:]
-            done += take
+        while done < n:
+            got = self.readinto(self._scratch[:min(len(self._scratch), n - done)])
+            if not got:
+                break
+            done += got
         return done
-
-    def exclude(self, start: int, end: int) -> None:
-        """Leave ``[start, end)`` out of the temporary file (it must lie after everything
-        excluded before)."""
-        self.write_until(start)
-        self._skip = (start, end)
-
-    def write_until(self, end: int) -> None:
-        """Write the held bytes below ``end`` (minus the excluded range) and let go of them."""
-        held = self._held
-        skip_start, skip_end = self._skip
-        while held and self._written < end:
-            off, view = held[0]
-            stop = min(end, off + len(view))
-            pos = self._written
-            while pos < stop:
-                if skip_start <= pos < skip_end:
-                    pos = min(stop, skip_end)
-                    continue
-                upto = min(stop, skip_start) if pos < skip_start else stop
-                try:
-                    pwrite_all(self._fd, view[pos - off:upto - off], pos)
-                except OSError as exc:
-                    raise self._on_error(exc) from None
-                pos = upto
-            self._written = stop
-            if stop == off + len(view):
-                held.popleft()
-                self.held -= len(view)
 
 
 class Staging:
