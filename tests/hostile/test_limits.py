@@ -310,6 +310,7 @@ def test_no_space_while_spooling_a_compressed_layer(arena: Arena, small_fs: Path
     res = _api(image, out, flatten=sink_ == "tar")
     assert not res.internal, res
     assert res.is_a(OutputError) or res.is_a(LimitError), res
+    assert os.listdir(small_fs) == []  # no partial, no staged file, no inflated layer
 
 
 # =========================================================================== bounded records
