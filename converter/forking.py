@@ -86,6 +86,20 @@ def error_from_wire(payload: dict[str, Any], default: type[Exception]) -> BaseEx
     return default(message)
 
 
+def fork_frozen(undo: Callable[[], object]) -> int:
+    """``os.fork()`` with the cyclic GC's view of the heap frozen, so the child never
+    walks the inherited heap (that would copy every page of it); if the fork fails,
+    ``undo`` releases what was made for the child before the error propagates."""
+    gc.freeze()
+    try:
+        return os.fork()
+    except OSError:
+        undo()
+        raise
+    finally:
+        gc.unfreeze()
+
+
 def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: bool = False) -> tuple[int, int]:
     """Fork a child that runs ``work`` and reports what it returns (a JSON-able dict), or
     the error that stopped it, through a pipe; return ``(pid, read end)`` for
@@ -93,15 +107,7 @@ def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: boo
     over the inherited heap (that would copy every page of it), and with
     ``ignore_interrupts`` leaves Ctrl-C and SIGTERM to this process."""
     r, w = os.pipe()
-    gc.freeze()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        raise
-    finally:
-        gc.unfreeze()
+    pid = fork_frozen(undo=lambda: (os.close(r), os.close(w)))
     if pid == 0:  # pragma: no cover - the child; everything goes through the pipe
         code = 1
         try:

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional, Protocol
 from . import compression
 from .digest import Expectation
 from .errors import ConverterError, InputError, IntegrityError, LimitError, OutputError
-from .forking import CAN_FORK
+from .forking import CAN_FORK, fork_frozen
 
 _CHUNK = 1 << 20
 
@@ -266,18 +266,8 @@ def _free_in_orphan(fds: list[int]) -> int:
     the intermediate child, which holds copies too): had it closed first, whoever closed
     last would have freed the files after all (measured: now and then 40 ms at the end of
     a run)."""
-    import gc
-
     r, w = os.pipe()
-    gc.freeze()  # the children must not run the cyclic GC over the inherited heap
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        raise
-    finally:
-        gc.unfreeze()
+    pid = fork_frozen(undo=lambda: (os.close(r), os.close(w)))
     if pid == 0:  # pragma: no cover - runs in the short-lived child
         try:
             if os.fork() == 0:

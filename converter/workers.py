@@ -23,7 +23,6 @@ with the same interface.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import pickle
@@ -34,7 +33,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import IntegrityError, OutputError
-from .forking import CAN_FORK, error_from_wire
+from .forking import CAN_FORK, error_from_wire, fork_frozen
 from .hashing import HashThread
 from .helper import REC, serve
 from .image import FileRegion
@@ -337,15 +336,12 @@ class Workers:
     def _spawn(self) -> _Helper:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         reports_ours, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        gc.freeze()  # the child must not run the cyclic GC over the inherited heap
-        try:
-            pid = os.fork()
-        except OSError:
+
+        def close_all() -> None:
             for sock in (ours, theirs, reports_ours, reports_theirs):
                 sock.close()
-            raise
-        finally:
-            gc.unfreeze()
+
+        pid = fork_frozen(undo=close_all)
         if pid == 0:  # pragma: no cover - the helper; reports go through the socket
             code = 0
             try:
