@@ -31,7 +31,7 @@ from .hashing import hash_region
 from .image import FileRegion
 from .inflate import InflatedStream, InflateSpec, inflate_layer, pwrite_all
 from .staging import STAGE_MIN, StageSource, staged_name, stages
-from .tar.reader import FileSource, TarEntry, TarReader
+from .tar.reader import FileSource, StreamSource, TarEntry, TarReader
 
 REC = struct.Struct("<cQQ")  # kind, stored bytes read, tar bytes written (or payload size)
 _WINDOW = 8 << 20
@@ -60,7 +60,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         counters = [0, 0]
         try:
             if request["op"] == "hash":
-                if not lowered:  # (see below)
+                if not lowered:
                     lowered = _lower_priority()
                 _run_hash(request, fds[0], counters)
             elif request["op"] == "parse":
@@ -72,9 +72,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
             reports.sendall(REC.pack(b"D", *counters))
         except BaseException as exc:
             if isinstance(exc, OSError):
-                what = request.get("what", "")
-                doing = "verify" if request["op"] == "hash" else "read"
-                exc = IntegrityError(f"{what}: cannot {doing} the stored layer: {exc.strerror or exc}")
+                exc = _source_error(request, exc)
             data = json.dumps(error_to_wire(exc)).encode()
             reports.sendall(REC.pack(b"E", counters[0], len(data)) + data)
         finally:
@@ -198,7 +196,7 @@ def _run_stage(request: dict[str, Any], fds: list[int], counters: list[int], rep
     stream = InflatedStream(spec, _region_reader(src, offset, size), counters,
                             restart=lambda: _region_reader(src, offset, size))
     source = StageSource(stream, out_fd, lambda exc: _write_error(what, exc))
-    reader = TarReader(source, name=what, buffer_size=256 << 10)
+    reader = TarReader(StreamSource(source), name=what, buffer_size=256 << 10)
     out = _Batches(reports, counters)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -219,11 +217,15 @@ def _run_stage(request: dict[str, Any], fds: list[int], counters: list[int], rep
                     os.close(fd)
         reader.finish()
     except (ConverterError, OSError) as exc:
-        if isinstance(exc, OSError):
-            exc = IntegrityError(f"{what}: cannot read the stored layer: {exc.strerror or exc}")
-        out.end(reader, exc)
+        out.end(reader, _source_error(request, exc) if isinstance(exc, OSError) else exc)
         return
     out.end(reader, None)
+
+
+def _source_error(request: dict[str, Any], exc: OSError) -> IntegrityError:  # pragma: no cover
+    """An I/O error reading the stored blob (the writes raise OutputError themselves)."""
+    doing = "verify" if request["op"] == "hash" else "read"
+    return IntegrityError(f"{request.get('what', '')}: cannot {doing} the stored layer: {exc.strerror or exc}")
 
 
 def _put(fd: int, view: memoryview, at: int, what: str) -> int:  # pragma: no cover

@@ -12,7 +12,8 @@ skipped by offset, and sinks later copy contents out of it with ``sendfile``.  S
 
 The producer is :func:`inflate_layer`, a plain function of an :class:`InflateSpec`: a
 helper process runs it for file-backed blobs (:mod:`converter.workers`), a thread
-(:class:`InflateAhead`) for streamed ones.  The file grows while it is read:
+(:class:`InflateAhead`) for streamed ones; a staging helper reads the same bytes, with
+the same checks, through :class:`InflatedStream` (see :mod:`converter.staging`).  The file grows while it is read:
 :class:`FollowSource` waits for bytes still on their way, and surfaces the producer's
 error (truncation, corruption, digest mismatch, limits) at the point the reader needs the
 missing bytes.
@@ -48,7 +49,7 @@ class InflateSpec:
     ratio_floor: int = 1 << 30
     #: the blob digest and size are checked by a separate job (a file-backed blob is
     #: hashed beside the inflation: the inflating helper is the busiest); ``digest`` then
-    #: only serves to blame corruption (see inflate_layer)
+    #: only serves to blame corruption (see _Checks.blame)
     raw_checked_elsewhere: bool = False
     #: the same for the diff_id: the inflated file is hashed by a job of its own once it
     #: is complete, by whichever helper is free (the inflating one is on the merge's

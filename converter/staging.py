@@ -62,10 +62,11 @@ def open_content(fd: int, offset: int) -> tuple[int, int, bool]:
 
 
 class StageSource:
-    """The tar reader's byte source in a staging helper: reads the inflated stream into
-    the reader's own buffer and writes what it read to the temporary file at its tar
-    offset, except the range :meth:`exclude` names (a staged file's data, written
-    elsewhere).  A staged file's first bytes may have been read ahead into the reader's
+    """The tar reader's stream in a staging helper (wrapped in a
+    :class:`~converter.tar.reader.StreamSource`, whose skipping reads through): reads the
+    inflated stream into the reader's own buffer and writes what it read to the temporary
+    file at its tar offset, except the range :meth:`exclude` names (a staged file's data,
+    written elsewhere).  A staged file's first bytes may have been read ahead into the reader's
     buffer (and so written) before its header was parsed: a little waste, never a loss,
     since only bytes outside excluded ranges are ever read back from the file."""
 
@@ -75,7 +76,6 @@ class StageSource:
         self._on_error = on_error
         self._pos = 0  # tar offset of the next byte read
         self._skip = (0, 0)  # the excluded range [start, end)
-        self._scratch: Optional[memoryview] = None
 
     def exclude(self, start: int, end: int) -> None:
         self._skip = (start, end)
@@ -98,17 +98,6 @@ class StageSource:
                 raise self._on_error(exc) from None
             self._pos = end
         return n
-
-    def skip(self, n: int) -> int:
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(1 << 20))
-        done = 0
-        while done < n:
-            got = self.readinto(self._scratch[:min(len(self._scratch), n - done)])
-            if not got:
-                break
-            done += got
-        return done
 
 
 class Staging:
