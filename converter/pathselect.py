@@ -82,8 +82,7 @@ def read_node(node: Node, offset: int, size: int) -> bytes:
     end = min(node.size, offset + size)
     if offset >= end:
         return b""
-    fd, base, owned = open_content(node.fd, node.offset)
-    try:
+    with open_content(node.fd, node.offset) as (fd, base):
         if node.sparse is None:
             out = bytearray()
             pos = offset
@@ -110,9 +109,6 @@ def read_node(node: Node, offset: int, size: int) -> bytes:
                 out[lo - offset:hi - offset] = data
             src += length
         return bytes(out)
-    finally:
-        if owned:
-            os.close(fd)
 
 
 # ------------------------------------------------------------------------ the selector

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from .inflate import InflatedStream, close_quietly, pwrite_all
 from .tar.reader import TarEntry
@@ -53,12 +54,18 @@ def node_name(offset: int) -> bytes:
     return staged_name(-1 - offset)
 
 
-def open_content(fd: int, offset: int) -> tuple[int, int, bool]:
-    """``(fd, offset, owned)`` to read a regular file's bytes from, for a node's ``fd`` and
-    ``offset``; ``owned``: the caller closes the fd."""
+@contextmanager
+def open_content(fd: int, offset: int) -> Iterator[tuple[int, int]]:
+    """``(fd, offset)`` to read a regular file's bytes from, for a node's ``fd`` and
+    ``offset`` (a staged file is opened, and closed again afterwards)."""
     if offset >= 0:
-        return fd, offset, False
-    return os.open(node_name(offset), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), 0, True
+        yield fd, offset
+        return
+    staged = os.open(node_name(offset), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        yield staged, 0
+    finally:
+        os.close(staged)
 
 
 class StageSource:

@@ -25,9 +25,8 @@ def node_sha256(node: Node) -> str:
         segments = [(0, node.size)]
     else:
         segments = list(node.sparse)
-    fd, src, owned = open_content(node.fd, node.offset)
     pos = 0
-    try:
+    with open_content(node.fd, node.offset) as (fd, src):
         for file_off, length in segments:
             if file_off > pos:
                 _zeros(h, file_off - pos)
@@ -41,9 +40,6 @@ def node_sha256(node: Node) -> str:
                 src += len(chunk)
                 remaining -= len(chunk)
                 pos += len(chunk)
-    finally:
-        if owned:
-            os.close(fd)
     if node.size > pos:
         _zeros(h, node.size - pos)
     return h.hexdigest()
