@@ -233,6 +233,7 @@ class Merger:
         self._layer_index = 0
         self._pcache_key: Optional[Parts] = None  # last resolved parent (see _apply)
         self._pcache_node: Optional[Node] = None
+        self._dirs: dict[Parts, Node] = {}  # parents resolved by this layer (see _apply)
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
@@ -242,6 +243,7 @@ class Merger:
         self._pcache_key = None
         self._layer_label = layer.label
         self._layer_index = layer.index
+        self._dirs = {}
         deferred: dict[Parts, TarEntry] = {}
         # data is skipped by seeking (in the source or the inflated file): a small buffer
         # avoids reading it anyway
@@ -297,6 +299,7 @@ class Merger:
         self._touched = {}
         self._keepalive = []
         self._plink = {}
+        self._dirs = {}
 
     # ----- one entry --------------------------------------------------------------------
     def _what(self, entry: TarEntry) -> str:
@@ -313,7 +316,7 @@ class Merger:
         base = parts[-1]
         keep_wh = self.options.keep_whiteouts
         if base.startswith(WH) and not keep_wh:
-            self._pcache_key = None
+            self._forget_dirs()
             self._whiteout(entry, parts)
             return None
         if not keep_wh and WH in entry.name and any(p.startswith(WH) for p in parts[:-1]):
@@ -328,7 +331,6 @@ class Merger:
             deferred.pop(parts, None)  # a later entry for the same name replaces a pending link
         etype = entry.type
         if etype == b"1":
-            self._pcache_key = None
             if not self._hardlink(entry, parts, final=False):
                 deferred[parts] = entry
             return None
@@ -342,17 +344,21 @@ class Merger:
                     layer=self._layer_index,
                 )
             return None
-        # entries come grouped by directory: reuse the last parent while nothing in this
-        # layer has replaced or removed a node (which could change what the path names)
+        # entries come grouped by directory: reuse a parent this layer resolved before
+        # (the last one, or any) while nothing in this layer has replaced or removed a
+        # directory or symlink, which could change what the path names (_forget_dirs)
         dirparts = parts[:-1]
         if dirparts == self._pcache_key:
             parent = self._pcache_node
         else:
-            parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
+            parent = self._dirs.get(dirparts)
             if parent is None:
-                return None  # the path leads under a whiteout name (see _resolve_dir)
+                parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
+                if parent is None:
+                    return None  # the path leads under a whiteout name (see _resolve_dir)
+                self._dirs[dirparts] = parent
+                self._keepalive.append(parent)
             self._pcache_key, self._pcache_node = dirparts, parent
-            self._keepalive.append(parent)
         assert parent is not None
         children = parent.children
         assert children is not None
@@ -363,15 +369,23 @@ class Merger:
                 if existing.kind == DIR:
                     self._set_meta(existing, entry)
                     existing.implied = False
+                    self._dirs[parts] = existing
                     return None
-                self._pcache_key = None
-            children[base] = self._new_node(entry, DIR)
+                self._forget_dirs()
+            children[base] = self._dirs[parts] = self._new_node(entry, DIR)
             return None
-        if existing is not None:
-            self._pcache_key = None
+        if existing is not None and existing.kind in (DIR, LNK):
+            self._forget_dirs()
         node = self._new_node(entry, kind)
         children[base] = node
         return node if kind == REG else None
+
+    def _forget_dirs(self) -> None:
+        """Something in this layer may have replaced or removed a directory or symlink:
+        no parent resolved before is trusted any more."""
+        self._pcache_key = None
+        if self._dirs:
+            self._dirs = {}
 
     def _root_entry(self, entry: TarEntry) -> None:
         if entry.type != b"5":
@@ -600,8 +614,11 @@ class Merger:
             return True  # under a whiteout name: skipped (see _resolve_dir)
         assert parent.children is not None
         self._touch(parent, parts[-1], None)
-        if parent.children.get(parts[-1]) is not target:
+        existing = parent.children.get(parts[-1])
+        if existing is not target:
             target.nlink += 1
+            if existing is not None and existing.kind in (DIR, LNK):
+                self._forget_dirs()
         parent.children[parts[-1]] = target
         return True
 
