@@ -87,12 +87,13 @@ def plan_image(
     progress: Optional[Callable[[str, dict], None]] = None,
     keep_whiteouts: bool = False,
     stage_beside: Optional[str] = None,
+    keep_dirlinks: bool = False,
 ) -> Plan:
     """Merge ``layers`` (default: all) of an open image into a :class:`Plan`.
     ``stage_beside``: the destination of a directory output (see :mod:`converter.staging`)."""
     options = MergeOptions(
         verify=verify, limits=limits or Limits(), spool_dir=spool_dir, progress=progress,
-        keep_whiteouts=keep_whiteouts, stage_beside=stage_beside,
+        keep_whiteouts=keep_whiteouts, stage_beside=stage_beside, keep_dirlinks=keep_dirlinks,
     )
     return build_plan(image, layers, options=options, events=events or Events())
 
@@ -129,6 +130,7 @@ def convert(
     paths: Sequence[str] = (),
     with_deps: bool = False,
     bundle: bool = False,
+    keep_dirlinks: bool = False,
     keep_tree: Optional[list[object]] = None,
 ) -> ConvertResult:
     """Convert ``source`` (a path or skopeo-style spec) to a directory, or with
@@ -142,6 +144,9 @@ def convert(
     ``layers`` (``N`` or ``"A..B"``, 1-based), ``skip_layers`` and ``only_layer`` choose
     layers (see :mod:`converter.select`); ``only_layer`` with ``flatten`` keeps the layer's
     whiteout markers as ``.wh.`` entries (the raw diff).
+
+    ``keep_dirlinks``: a directory entry over a symlink to a directory keeps the symlink
+    and applies to that directory (umoci's keep-dirlinks; default: Docker's replace).
 
     ``keep_tree``: a list the merged view is appended to instead of being freed on return
     (a process about to exit skips freeing it node by node: about 20 ms per 30k entries).
@@ -179,6 +184,7 @@ def convert(
                 image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
                 progress=progress, keep_whiteouts=only_layer is not None and flatten,
                 stage_beside=os.path.abspath(out) if spool_dir is not None and not flatten else None,
+                keep_dirlinks=keep_dirlinks,
             )
             if keep_tree is not None:
                 keep_tree.append(plan)

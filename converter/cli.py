@@ -35,6 +35,8 @@ AUTHFILE = typer.Option(None, "--authfile", envvar="REGISTRY_AUTH_FILE", help="R
 INSECURE = typer.Option(False, "--insecure", help="Allow plain HTTP and unverified TLS for the registry.")
 CERT_DIR = typer.Option(None, "--cert-dir", help="Directory with *.crt CAs and client.cert/client.key (docker certs.d layout).")
 CA_FILE = typer.Option(None, "--ca-file", help="Extra CA bundle for the registry.")
+KEEP_DIRLINKS = typer.Option(False, "--keep-dirlinks", help="A directory entry over a symlink to a directory keeps the symlink "
+                             "and goes to its target (umoci's keep-dirlinks; default: replace it, as Docker does).")
 
 
 def _registry_options(creds: Optional[str], authfile: Optional[str], insecure: bool, cert_dir: Optional[str],
@@ -179,6 +181,7 @@ def convert(
     cert_dir: Optional[str] = CERT_DIR,
     ca_file: Optional[str] = CA_FILE,
     keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
+    keep_dirlinks: bool = KEEP_DIRLINKS,
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -211,7 +214,7 @@ def convert(
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
                 max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
-                paths=path, with_deps=with_deps, bundle=bundle is not None, keep_tree=_KEPT if _state.get("exits") else None,
+                paths=path, with_deps=with_deps, bundle=bundle is not None, keep_dirlinks=keep_dirlinks, keep_tree=_KEPT if _state.get("exits") else None,
                 # only a registry source needs these (importing ssl costs ~10 MB of memory)
                 registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event)
                 if source.startswith("docker://") else None,
@@ -396,6 +399,7 @@ def ls_command(
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
     fmt: str = typer.Option("long", "--format", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
+    keep_dirlinks: bool = KEEP_DIRLINKS,
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """List the merged view of an image without writing anything."""
@@ -414,7 +418,7 @@ def ls_command(
         if fmt not in ("long", "tree", "paths"):
             raise UsageError(f"--format {fmt!r}: use long, tree or paths")
         with open_image(source, ref=ref, platform=platform) as image:
-            plan = plan_image(image)
+            plan = plan_image(image, keep_dirlinks=keep_dirlinks)
             try:
                 plan.verify()
                 prefix = split_name(os.fsencode(path), what="path") if path else None
@@ -569,6 +573,7 @@ def diff_command(
     source_b: str = typer.Argument(..., help="Second image spec."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] for both."),
     as_json: bool = typer.Option(False, "--json", help="{identical, added, removed, changed: [{path, changes}]}."),
+    keep_dirlinks: bool = KEEP_DIRLINKS,
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Show what differs between two images' merged views (like diff -r, without extracting)."""
@@ -583,8 +588,8 @@ def diff_command(
         from .treediff import diff_plans
 
         with open_image(source_a, platform=platform) as ia, open_image(source_b, platform=platform) as ib:
-            pa = plan_image(ia)
-            pb = plan_image(ib)
+            pa = plan_image(ia, keep_dirlinks=keep_dirlinks)
+            pb = plan_image(ib, keep_dirlinks=keep_dirlinks)
             try:
                 pa.verify()
                 pb.verify()

@@ -205,6 +205,11 @@ class MergeOptions:
     limits: Limits = field(default_factory=Limits)
     #: keep whiteout markers as ordinary entries (a raw diff: ``--only-layer``)
     keep_whiteouts: bool = False
+    #: a directory entry where the view has a symlink to a directory keeps the symlink
+    #: and applies to the directory it names (EDGE-CASES 42; umoci's and rsync's
+    #: keep-dirlinks, for layers built on a base without merged /usr); default: the
+    #: entry replaces the symlink, as Docker and containerd do
+    keep_dirlinks: bool = False
     #: where compressed layers are inflated to (default: the system temp dir)
     spool_dir: Optional[str] = None
     #: the destination of a directory output: big files of compressed layers are then
@@ -366,6 +371,8 @@ class Merger:
         existing = children.get(base)
         if kind == DIR:
             if existing is not None:
+                if existing.kind == LNK and self.options.keep_dirlinks:
+                    existing = self._dirlink_target(parts, entry) or existing
                 if existing.kind == DIR:
                     self._set_meta(existing, entry)
                     existing.implied = False
@@ -379,6 +386,18 @@ class Merger:
         node = self._new_node(entry, kind)
         children[base] = node
         return node if kind == REG else None
+
+    def _dirlink_target(self, parts: Parts, entry: TarEntry) -> Optional[Node]:
+        """The directory the symlink at ``parts`` leads to (inside the root, like any
+        parent), or None when it leads nowhere, to something else, or round in a loop:
+        the directory entry then replaces the symlink as usual."""
+        try:
+            target = self._resolve_dir(parts, entry, create=False, touch=True)
+        except UnsafeEntryError:
+            return None
+        if target is not None:
+            self.events.decide("keep-dirlink", f"{self._what(entry)}: kept the symlink to a directory (--keep-dirlinks)")
+        return target
 
     def _forget_dirs(self) -> None:
         """Something in this layer may have replaced or removed a directory or symlink:

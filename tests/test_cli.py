@@ -65,6 +65,26 @@ def test_ls_lists_the_merged_view_without_writing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ls_and_convert_keep_dirlinks_when_asked(tmp_path: Path) -> None:
+    from converter.testing.imagegen import Dir, File, ImageSpec, Layer, Symlink, write_docker_archive
+
+    src = tmp_path / "merged-usr.tar"
+    write_docker_archive(src, ImageSpec(layers=[
+        Layer([Dir("usr/"), Dir("usr/lib/"), Symlink("lib", "usr/lib")]),
+        Layer([Dir("lib/"), File("lib/libm.so", b"m")]),
+    ]))
+    default = rootfs("ls", str(src), "--format", "paths")
+    kept = rootfs("ls", str(src), "--format", "paths", "--keep-dirlinks")
+    assert default.returncode == 0 and kept.returncode == 0, default.stderr + kept.stderr
+    assert "lib/libm.so" in default.stdout.split() and "usr/lib/libm.so" not in default.stdout.split()
+    assert "usr/lib/libm.so" in kept.stdout.split() and "lib/libm.so" not in kept.stdout.split()
+    r = rootfs("convert", str(src), "-o", str(tmp_path / "out"), "--keep-dirlinks", "-v")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(tmp_path / "out" / "lib")
+    assert (tmp_path / "out" / "usr" / "lib" / "libm.so").read_bytes() == b"m"
+    assert "keep-dirlink" in r.stderr
+
+
 def test_inspect_json_has_the_documented_top_level_keys() -> None:
     import json
 

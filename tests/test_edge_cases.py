@@ -777,6 +777,29 @@ def test_edge_42_directory_entry_replaces_a_symlink_to_a_directory(tmp_path: Pat
     )
 
 
+def test_edge_42_keep_dirlinks_keeps_a_symlink_to_a_directory_and_fills_its_target(tmp_path: Path, sink: str) -> None:
+    # a layer built on a base without merged /usr, applied over one with it
+    lower = [Dir("usr/"), Dir("usr/lib/", mode=0o700), File("usr/lib/libc.so", b"c"), Symlink("lib", "usr/lib"),
+             Symlink("abs", "/usr/lib"), Symlink("dangling", "nowhere"), Symlink("tofile", "usr/lib/libc.so"),
+             Symlink("loop", "loop")]
+    upper = [Dir("lib/", mode=0o750), File("lib/libm.so", b"m"), Dir("abs/", mode=0o750), File("abs/libz.so", b"z"),
+             Dir("dangling/"), File("dangling/in", b"d"), Dir("tofile/"), Dir("loop/")]
+    got = run(image(lower, upper), tmp_path, sink, keep_dirlinks=True)
+    assert got.listing == expect(
+        L("abs", "/usr/lib"),
+        D("dangling"),  # leads nowhere, to a file or round in a loop: replaced as usual
+        F("dangling/in", b"d"),
+        L("lib", "usr/lib"),
+        D("loop"),
+        D("tofile"),
+        D("usr"),
+        D("usr/lib", mode=0o750),  # the directory entries' metadata goes to the target
+        F("usr/lib/libc.so", b"c"),
+        F("usr/lib/libm.so", b"m"),
+        F("usr/lib/libz.so", b"z"),
+    )
+
+
 def test_edge_43_implied_parents_and_later_explicit_entries(tmp_path: Path, sink: str) -> None:
     spec = image(
         [File("a/b/c", b"c", mtime=T0 + 10), File("x/y", b"y", mtime=T0 + 20), Dir("x/", mode=0o750, uid=4, gid=4, mtime=T0 + 30)],

@@ -2,7 +2,7 @@
 is only an optimisation: random layers of directories, files, symlinks (relative,
 absolute, dangling, looping), hard links, whiteouts and opaque markers over a small set
 of names must merge to exactly the tree the merge gives when it resolves every parent
-from the root."""
+from the root (with and without --keep-dirlinks)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ entries = st.one_of(  # weighted: a hard link to a missing name fails the whole 
 layers = st.lists(st.lists(entries, max_size=20), min_size=1, max_size=3)
 
 
-def _tree(src: Path) -> str:
+def _tree(src: Path, keep_dirlinks: bool) -> str:
     """The merged view as a listing, or the error the merge stopped with."""
     try:
         with open_image(str(src)) as img:
-            plan = plan_image(img)
+            plan = plan_image(img, keep_dirlinks=keep_dirlinks)
             try:
                 return format_listing(records_from_plan(plan, hash_files=True))
             finally:
@@ -61,14 +61,15 @@ _THROUGH = [Dir("a"), Symlink("x", "a"), File("x/f", b"1")]
 @example([[File("h", b"h")] + _THROUGH + [Hardlink("x", "h"), File("x/g", b"3")]])
 @example([[Dir("a"), Symlink("x", "a")], [File("x/f", b"1"), Whiteout("x"), File("x/g", b"3")]])
 @example([[Dir("a/b"), Symlink("x", "a")], [File("x/b/f", b"1"), Opaque("x"), File("x/b/g", b"3")]])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("keep_dirlinks", [False, True])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(layers)
 def test_reusing_resolved_parents_gives_the_tree_resolving_every_parent_gives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: list[list[Any]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_dirlinks: bool, spec: list[list[Any]]
 ) -> None:
     src = tmp_path / "image.tar"
     write_docker_archive(src, ImageSpec(layers=[Layer(entries) for entries in spec]))
-    cached = _tree(src)
+    cached = _tree(src, keep_dirlinks)
 
     apply = Merger._apply
 
@@ -78,4 +79,4 @@ def test_reusing_resolved_parents_gives_the_tree_resolving_every_parent_gives(
 
     with monkeypatch.context() as m:
         m.setattr(Merger, "_apply", uncached)
-        assert _tree(src) == cached
+        assert _tree(src, keep_dirlinks) == cached
