@@ -178,7 +178,7 @@ def convert(
     with open_image(source, ref=ref, platform=platform, registry_options=registry_options) as image:
         chosen = select_layers(image, layers=layers, skip=skip_layers, only=only_layer)
         dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
-                                       max_size=max_size, keep_ids=keep_ids)
+                                       max_size=max_size, keep_ids=keep_ids, progress=progress)
         with gc_paused():  # (the merge and the sinks walk the whole view: see gc_paused)
             plan = plan_image(
                 image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
@@ -208,7 +208,7 @@ def convert(
                     entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
                 elif flatten:
                     res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch,
-                                                          max_size=max_size))
+                                                          max_size=max_size, progress=progress))
                     entries, nbytes, kind = res.entries, res.bytes, "tar"
                 else:
                     dres = write_directory(plan, out, dir_options)

@@ -212,7 +212,8 @@ def convert(
                 flatten=flatten is not None, ref=ref, platform=platform, force=force, verify=not no_verify,
                 uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid,
                 reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
-                max_size=_size(max_size), devices=devices, progress=progress.event, events=events,
+                max_size=_size(max_size), devices=devices, events=events,
+                progress=progress.event if progress.enabled else None,  # (nothing to count for when hidden)
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
                 paths=path, with_deps=with_deps, bundle=bundle is not None, keep_dirlinks=keep_dirlinks, keep_tree=_KEPT if _state.get("exits") else None,
                 # only a registry source needs these (importing ssl costs ~10 MB of memory)
@@ -269,6 +270,10 @@ class _Progress:
         elif kind == "layer-done" and layer in self._tasks:
             task = self._tasks[layer]
             p.update(task, entries=f"{info['entries']} entries", completed=p.tasks[task].total or p.tasks[task].completed)
+        elif kind == "write-start":
+            self._tasks["write"] = p.add_task("writing", total=info["bytes"], entries=f"{info['entries']} entries")
+        elif kind in ("write-progress", "write-done") and "write" in self._tasks:
+            p.update(self._tasks["write"], completed=info["bytes"])
         elif kind in ("blob-start", "blob-exists"):
             digest = info.get("digest", "?")
             size = info.get("size")

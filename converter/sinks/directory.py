@@ -22,7 +22,7 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional
 
 from ..errors import LimitError, OutputError
@@ -110,6 +110,9 @@ class DirectoryOptions:
     #: "xattr": record owners (and device numbers of emptied devices) that could not be
     #: applied, as ``user.rootlesscontainers`` (the rootlesscontainers.com convention)
     keep_ids: str = "none"
+    #: called with ("write-start", {"bytes", "entries"}), ("write-progress", {"bytes"})
+    #: and ("write-done", {"bytes"}): the bytes of file contents written so far
+    progress: Optional[Callable[[str, dict], None]] = None
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
@@ -160,6 +163,8 @@ class DirectoryWriter:
         self._count_lock = threading.Lock()
         self.limit: Optional[int] = options.max_size
         self.free: Optional[int] = None
+        self._sizes: dict[int, int] = {}  # id(job): bytes of contents (see write)
+        self._taken: list[int] = []  # bytes of contents before each chunk (see _run_jobs_forked)
 
     # ----- driver -----------------------------------------------------------------------
     def write(self) -> None:
@@ -175,6 +180,7 @@ class DirectoryWriter:
         mkdir = os.mkdir
         entries = need = moved = 0
         costs: list[int] = []  # per job, for sharing them out (see _split)
+        sizes: dict[int, int] = {}  # id(job): bytes of contents, for the progress shown
         while stack:
             dparts, d = stack.pop()
             dfd = self.fds.get(dparts)
@@ -182,7 +188,7 @@ class DirectoryWriter:
             assert children is not None
             entries += len(children)
             batch: list[bytes] = []
-            batch_bytes = 0
+            batch_bytes = batch_size = 0
             for name, node in children.items():
                 kind = node.kind
                 if kind == DIR:
@@ -205,21 +211,28 @@ class DirectoryWriter:
                 if kind == REG:
                     size = node.size if node.sparse is None else node.stored_size
                     need += size
+                    batch_size += size
                     if node.offset < 0:
                         moved += size  # staged: already on this file system, renamed into place
                     else:
                         batch_bytes += size
                 if len(batch) >= _BATCH:
-                    jobs.append((dparts, d, batch))
+                    jobs.append(job := (dparts, d, batch))
                     costs.append(len(batch) * _FILE_COST + batch_bytes)
+                    sizes[id(job)] = batch_size
                     batch = []
-                    batch_bytes = 0
+                    batch_bytes = batch_size = 0
             if batch:
-                jobs.append((dparts, d, batch))
+                jobs.append(job := (dparts, d, batch))
                 costs.append(len(batch) * _FILE_COST + batch_bytes)
+                sizes[id(job)] = batch_size
         result.entries += entries
         result.dirs += len(dirs)
         self._check_size(need, need - moved)
+        progress = self.options.progress
+        if progress is not None:
+            progress("write-start", {"bytes": need, "entries": entries})
+        self._sizes = sizes
         dirs = self._run_jobs(jobs, costs, dirs, links)  # the directories still to finish
         for key, head, parts in links:
             if key in self._skipped:
@@ -232,6 +245,8 @@ class DirectoryWriter:
             result.links += 1
         self._finish_dirs(dirs, self.fds)
         self._dir_meta(self.root_fd, (), self.plan.root)
+        if progress is not None:
+            progress("write-done", {"bytes": need})
 
     def _finish_dirs(self, dirs: list[tuple[Parts, Node]], fds: DirFds) -> None:
         """Directory metadata, deepest first (a directory's mtime is final once nothing
@@ -310,6 +325,11 @@ class DirectoryWriter:
         does not touch their mtime), instead of leaving all of them to one process at the
         end."""
         chunks = [c for c in _split(jobs, costs, workers * _CHUNKS) if c]
+        # chunks are handed out in order: when this process takes chunk i, all before it
+        # are taken (and all but the other writer's last one are written)
+        self._taken = [0]
+        for chunk in chunks:
+            self._taken.append(self._taken[-1] + sum(self._sizes.get(id(job), 0) for job in chunk))
         owned, rest = _owned_dirs(chunks, dirs, links) if self.privileged else ([[] for _ in chunks], dirs)
         feed_r, feed_w = os.pipe()
         try:
@@ -355,11 +375,14 @@ class DirectoryWriter:
             if not data:
                 return
             (i,) = _CHUNK_NO.unpack(data)
+            if self.options.progress is not None:
+                self.options.progress("write-progress", {"bytes": self._taken[i]})
             self._worker(iter(chunks[i]), fds)
             self._finish_dirs(owned[i], fds)
 
     def _child(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int) -> dict:  # pragma: no cover - a writer child
         collector = _CollectingEvents()
+        self.options = replace(self.options, progress=None)  # the parent shows progress
         # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
         self.events.warn = collector.warn  # type: ignore[method-assign]
         self.events = collector  # type: ignore[assignment]

@@ -16,7 +16,7 @@ import signal
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 from ..errors import LimitError, OutputError
 from ..forking import CAN_FORK, collect_report, fork_reporting
@@ -41,6 +41,9 @@ class TarOptions:
     level: Optional[int] = None
     #: --max-size: refuse a tar whose contents are larger
     max_size: Optional[int] = None
+    #: called with ("write-start", {"bytes", "entries"}), ("write-progress", {"bytes"})
+    #: and ("write-done", {"bytes"}): the bytes of file contents written so far
+    progress: Optional[Callable[[str, dict], None]] = None
 
 
 @dataclass
@@ -367,6 +370,11 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
                            xattrs=root.xattrs or None))
     count += 1
     identity = ids.identity
+    progress = options.progress
+    written = 0
+    if progress is not None:
+        total, entries = _contents(plan)
+        progress("write-start", {"bytes": total, "entries": entries})
     for path, node in plan.sorted_entries():
         if identity:
             uid, gid = node.uid, node.gid
@@ -393,6 +401,10 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
             _write_content(out, node)
             if size & 511:
                 out.write(padding(size))
+            if progress is not None:
+                written += size
+                if count % 256 == 0:
+                    progress("write-progress", {"bytes": written})
         elif kind == DIR:
             name = path + b"/"
             header = plain_header(name, b"5", 0, node.mode, uid, gid, secs * _NS) if fast else None
@@ -407,7 +419,21 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
             out.write(build_header(name=path, type=_TYPEFLAG[kind], mode=node.mode, uid=uid, gid=gid, mtime=secs,
                                    mtime_ns=ns, devmajor=node.major, devminor=node.minor, xattrs=xattrs))
         count += 1
+    if progress is not None:
+        progress("write-done", {"bytes": written})
     return count
+
+
+def _contents(plan: Plan) -> tuple[int, int]:
+    """Bytes of file contents (an inode with several names once) and entries."""
+    seen: set[int] = set()
+    total = entries = 0
+    for _, node in plan.walk():
+        entries += 1
+        if node.kind == REG and id(node) not in seen:
+            seen.add(id(node))
+            total += node.size
+    return total, entries
 
 
 def _write_content(out: Union[_Out, _PipedOut], node: Node) -> None:
@@ -435,12 +461,7 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
     options = options or TarOptions()
     kind = options.compression or (compression_for(dest) if dest != "-" else "none")
     if options.max_size is not None:
-        seen: set[int] = set()
-        need = 0
-        for _, node in plan.walk():
-            if node.kind == REG and id(node) not in seen:
-                seen.add(id(node))
-                need += node.size
+        need, _ = _contents(plan)
         if need > options.max_size:
             raise LimitError(f"{dest}: the image's contents are {need} bytes, more than --max-size {options.max_size}")
     if dest == "-":
