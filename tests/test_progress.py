@@ -25,8 +25,16 @@ def _image(tmp_path: Path) -> tuple[Path, int]:
     return src, sum(len(f.data) for f in files) + (300 << 10)
 
 
+@pytest.mark.parametrize("forks", [True, False], ids=["processes", "threads"])
 @pytest.mark.parametrize("sink", SINKS)
-def test_writing_reports_contents_written_up_to_the_total(tmp_path: Path, sink: str) -> None:
+def test_writing_reports_contents_written_up_to_the_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          sink: str, forks: bool) -> None:
+    if not forks:  # ROOTFS_WRITERS=threads
+        from converter import workers
+        from converter.sinks import directory, tar
+
+        for module in (workers, directory, tar):
+            monkeypatch.setattr(module, "CAN_FORK", False)
     src, total = _image(tmp_path)
     events: list[tuple[str, dict]] = []
     convert(str(src), tmp_path / ("out" if sink == "dir" else "out.tar"), flatten=sink == "tar",

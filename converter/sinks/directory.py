@@ -274,11 +274,11 @@ class DirectoryWriter:
         to be set (the forked writers finish the ones only they wrote into)."""
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
-            self._worker(iter(jobs), self.fds)
+            self._worker(self._reporting(jobs), self.fds)
             return dirs
         if CAN_FORK:
             return self._run_jobs_forked(jobs, costs, workers, dirs, links)
-        feed = iter(jobs)
+        feed = self._reporting(jobs)
         lock = threading.Lock()
 
         def locked_feed() -> Iterator[Job]:
@@ -309,6 +309,17 @@ class DirectoryWriter:
         if errors:
             raise errors[0]
         return dirs
+
+    def _reporting(self, jobs: list[Job]) -> Iterator[Job]:
+        """``jobs``, reporting the bytes of contents handed out before each one (one
+        process: the forked writers report per chunk instead, see _take)."""
+        progress = self.options.progress
+        done = 0
+        for job in jobs:
+            if progress is not None:
+                progress("write-progress", {"bytes": done})
+                done += self._sizes.get(id(job), 0)
+            yield job
 
     def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int, dirs: list[tuple[Parts, Node]],
                          links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
