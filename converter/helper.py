@@ -40,11 +40,13 @@ _WINDOW = 8 << 20
 def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no cover - runs in the helper
     """Run jobs until the parent hangs up.  Interrupts are the parent's business: it
     cleans up and its death takes the helper with it (PR_SET_PDEATHSIG)."""
-    die_with_parent()
-    keep_freed_memory()
     import faulthandler
 
-    faulthandler.disable()  # a fatal signal is the parent's to report (see Workers._read)
+    # first: a fatal signal is the parent's to report (see Workers._lose); a fault handler
+    # inherited from the parent would dump the parent's threads (and may crash doing so)
+    faulthandler.disable()
+    die_with_parent()
+    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()

@@ -23,6 +23,7 @@ with the same interface.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -222,12 +223,23 @@ class Workers:
             return False
 
     def _send(self, job: Job, helper: _Helper) -> None:
+        if helper not in self._helpers:  # lost since the job was meant for it (see release)
+            self._submit(job)
+            return
         data = json.dumps(job.request).encode()
         try:
             socket.send_fds(helper.sock, [data], job.fds)
         except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                # it is gone (its end closes only when it exits): say how it ended, for
+                # this job and the ones it held
+                _, status = os.waitpid(helper.pid, 0)
+                self._lose(helper, status, also=job)
+                return
+            lost = list(helper.jobs) + [job]
             self._drop(helper)
-            self._finish(job, OutputError(f"{job.what}: cannot reach a helper process: {exc.strerror}"))
+            for j in lost:
+                self._finish(j, OutputError(f"{j.what}: cannot reach a helper process: {exc.strerror}"))
             return
         helper.jobs.append(job)
         helper.load += int(job.request["size"])
@@ -257,14 +269,7 @@ class Workers:
             data = b""
         if not data:
             _, status = os.waitpid(h.pid, 0)
-            lost = list(h.jobs)
-            self._drop(h, reaped=True)
-            for job in lost:
-                if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
-                    error: BaseException = IntegrityError(f"{job.what}: the source file changed while it was read")
-                else:
-                    error = OutputError(f"{job.what}: a helper process died ({_status_text(status)})")
-                self._finish(job, error)
+            self._lose(h, status)
             return
         buf = h.buf
         buf += data
@@ -296,6 +301,17 @@ class Workers:
                 h.jobs.popleft()
                 h.load -= int(job.request["size"])
                 self._finish(job, error_from_wire(json.loads(payload), RuntimeError) if kind == b"E" else None)
+
+    def _lose(self, h: _Helper, status: int, also: Optional[Job] = None) -> None:
+        """``h`` ended (``status``, reaped): every job it held fails with how it ended."""
+        lost = list(h.jobs) + ([also] if also is not None else [])
+        self._drop(h, reaped=True)
+        for job in lost:
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+                error: BaseException = IntegrityError(f"{job.what}: the source file changed while it was read")
+            else:
+                error = OutputError(f"{job.what}: a helper process died ({_status_text(status)})")
+            self._finish(job, error)
 
     def _finish(self, job: Job, error: Optional[BaseException]) -> None:
         job.error = error

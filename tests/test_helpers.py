@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,21 @@ def test_directory_is_the_same_with_or_without_helper_processes(
     assert not (tmp_path / "forked" / "gone").exists()
 
 
+def _serving(pid: int) -> None:
+    """Wait until a fresh helper runs its loop: it then ignores SIGINT, and pytest's fault
+    handler (inherited through fork) is off, so a SIGBUS sent to it ends it as SIGBUS
+    rather than through a traceback dump of the parent's threads (seen as SIGSEGV)."""
+    for _ in range(10_000):  # (a polling bound, not a speed check)
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+        except (OSError, StopIteration):
+            return  # gone already, or no /proc: nothing to wait for
+        if ignored & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.0005)
+
+
 @pytest.mark.parametrize("kind,sig,error,message", [
     # the OOM killer, kill -9: the merge must not wait forever for the helper's report
     ("docker", signal.SIGKILL, OutputError, "helper process died.*signal 9"),
@@ -110,6 +126,7 @@ def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(
         original(self, job, helper)
         for h in self._helpers:
             if h.jobs:
+                _serving(h.pid)
                 os.kill(h.pid, sig)
 
     monkeypatch.setattr(workers.Workers, "_send", send_then_kill)
@@ -117,6 +134,30 @@ def test_a_helper_killed_mid_job_fails_the_run_with_one_clear_error(
     with pytest.raises(error, match=message):
         convert(src, out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["docker", "gzip"])
+def test_a_helper_dead_before_its_next_job_fails_every_job_it_held_with_how_it_ended(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next job cannot even be sent (the socket is closed): that job and the ones
+    the helper already held fail with how it ended, instead of waiting forever."""
+    src = _source(tmp_path, kind)
+    original = workers.Workers._send
+    killed: list[int] = []
+
+    def kill_then_send(self: workers.Workers, job: workers.Job, helper: workers._Helper) -> None:
+        if helper.jobs and not killed:
+            os.kill(helper.pid, signal.SIGKILL)
+            os.waitid(os.P_PID, helper.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+            killed.append(helper.pid)
+        original(self, job, helper)
+
+    monkeypatch.setattr(workers.Workers, "_send", kill_then_send)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"layer \d.*a helper process died \(killed by signal 9\)"):
+        convert(src, out)
+    assert killed and not out.exists()
 
 
 def test_a_digest_mismatch_found_by_a_helper_keeps_its_message(tmp_path: Path) -> None:
