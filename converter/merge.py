@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+from . import acls
 from .errors import InputError, LimitError, UnsafeEntryError
 from .image import Image, Layer
 from .inflate import Inflation, release_files
@@ -443,6 +444,8 @@ class Merger:
         node = Node(kind, entry.mode, uid, gid, mtime_ns)
         if entry.xattrs:
             node.xattrs = self._clean_xattrs(entry)
+        if entry.pax:
+            self._text_acls(entry, node)
         if kind == REG:
             node.size = entry.real_size
             node.sparse = entry.sparse
@@ -459,11 +462,31 @@ class Merger:
             node.minor = entry.devminor
         return node
 
+    def _text_acls(self, entry: TarEntry, node: Node) -> None:
+        """star's and GNU tar's text ACLs become the binary xattrs Go's tar writes, unless
+        the entry has those too; one that cannot (a name without a numeric id, a malformed
+        entry) is reported, never dropped silently (EDGE-CASES 68)."""
+        for key, xattr in acls.TEXT_KEYS.items():
+            text = entry.pax.get(key)
+            if text is None or xattr in node.xattrs:
+                continue
+            try:
+                value = acls.from_text(text)
+            except acls.AclError as exc:
+                self.events.warn("acl-not-applied", f"{self._what(entry)}: {key} not applied: {exc}",
+                                 path=entry.name.decode("utf-8", "backslashreplace"), layer=self._layer_index)
+                continue
+            if xattr == acls.ACCESS and acls.is_minimal(value):
+                continue  # the mode bits say it all
+            node.xattrs = {**node.xattrs, xattr: value}
+
     def _set_meta(self, node: Node, entry: TarEntry) -> None:
         """Directory over directory: the upper entry's metadata, the whole xattr set."""
         node.mode = entry.mode
         node.uid, node.gid, node.mtime_ns = self._checked(entry)
         node.xattrs = self._clean_xattrs(entry) if entry.xattrs else _NO_XATTRS
+        if entry.pax:
+            self._text_acls(entry, node)
 
     def _touch(self, parent: Node, name: bytes, implied_mtime: Optional[int]) -> None:
         key = (id(parent), name)

@@ -28,6 +28,7 @@ directory sink runs only as root; the tests run as root here and in CI.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -1172,6 +1173,74 @@ def test_edge_60_directory_keeps_its_mtime_when_children_are_written_later(tmp_p
         D("d"), F("d/same-layer", b"1"), D("d/sub"), F("d/sub/upper", b"2"), F("d/upper", b"3")
     )
     assert (got.mtime("d"), got.mtime("d/sub")) == (T0 - 5000, T0 - 6000)
+
+
+def test_edge_61_mtimes_beyond_64_bit_nanoseconds_become_the_epoch_with_a_warning(tmp_path: Path, sink: str) -> None:
+    spec = image([
+        Raw(b"far-future", data=b"f", mtime=2**80),  # base-256: no file system or tar reader holds it
+        Raw(b"far-past", data=b"p", mtime=-(2**70)),
+        Raw(b"before-1970", data=b"b", mtime=-86400),  # representable: kept as it is
+        File("normal", b"n"),
+    ])
+    got = run(spec, tmp_path, sink)
+    assert [got.mtime(p) for p in ("far-future", "far-past", "before-1970", "normal")] == [0, 0, -86400, T0]
+    warnings = got.warnings("mtime-clamped")
+    assert len(warnings) == 2 and "'far-future'" in warnings[0] and "'far-past'" in warnings[1]
+
+
+def test_edge_63_owners_are_the_numeric_ids_never_the_names_looked_up_here(tmp_path: Path, sink: str) -> None:
+    # names of users this host has, on ids that are not theirs
+    spec = image([Raw(b"f", data=b"f", uid=1234, gid=4321, uname=b"root", gname=b"root"),
+                  Raw(b"g", data=b"g", uid=0, gid=0, uname=b"nobody", gname=b"nogroup")])
+    got = run(spec, tmp_path, sink)
+    assert got.listing == expect(F("f", b"f", owner="1234:4321"), F("g", b"g", owner="0:0"))
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A binary POSIX ACL xattr value: version 2, then (tag, permissions, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+_NO_ID = 0xFFFFFFFF
+
+
+def test_edge_68_acls_in_either_form_reach_the_output_with_their_ids_mapped(tmp_path: Path, sink: str) -> None:
+    go = _acl((0x01, 6, _NO_ID), (0x02, 4, 1000), (0x04, 4, _NO_ID), (0x08, 4, 2000), (0x10, 6, _NO_ID), (0x20, 4, _NO_ID))
+    layer = [
+        File("go", b"g", mode=0o664, xattrs={"system.posix_acl_access": go}),  # Go's archive/tar: the binary xattr
+        # star: names with the numeric id as a fourth field; GNU tar: numeric ids, one per line
+        Raw(b"star", data=b"s", pax={"SCHILY.acl.access": "user::rw-,user:lisa:r--:1000,group::r--,group:staff:r--:2000,mask::r--,other::r--"}),
+        Raw(b"gnu", data=b"t", pax={"SCHILY.acl.access": "user::rw-\nuser:1000:r--\ngroup::r--\ngroup:2000:r--\nother::r--\n"}),
+        Raw(b"dir/", type=b"5", mode=0o755, pax={  # (GNU tar adds the access ACL the mode bits already say)
+            "SCHILY.acl.access": "user::rwx\ngroup::r-x\nother::r-x\n",
+            "SCHILY.acl.default": "user::rwx,user:1000:r-x,group::r-x,mask::r-x,other::r-x"}),
+        # GNU tar writes a name, without its id, when the id has one where the tar was made
+        Raw(b"named", data=b"n", pax={"SCHILY.acl.access": "user::rw-\nuser:lisa:r--\ngroup::r--\nmask::r--\nother::r--\n"}),
+    ]
+    got = run(image(layer), tmp_path, sink, uid_map=["0:100000:65536"], gid_map=["0:200000:65536"])
+    owner = "100000:200000"
+    named = _acl((0x01, 6, _NO_ID), (0x02, 4, 101000), (0x04, 4, _NO_ID), (0x08, 4, 202000), (0x10, 4, _NO_ID), (0x20, 4, _NO_ID))
+    assert got.listing == expect(
+        D("dir", owner=owner, xattrs={"system.posix_acl_default": _acl(
+            (0x01, 7, _NO_ID), (0x02, 5, 101000), (0x04, 5, _NO_ID), (0x10, 5, _NO_ID), (0x20, 5, _NO_ID))}),
+        F("gnu", b"t", owner=owner, xattrs={"system.posix_acl_access": named}),  # (the mask computed, as setfacl does)
+        F("go", b"g", mode=0o664, owner=owner, xattrs={"system.posix_acl_access": _acl(
+            (0x01, 6, _NO_ID), (0x02, 4, 101000), (0x04, 4, _NO_ID), (0x08, 4, 202000), (0x10, 6, _NO_ID), (0x20, 4, _NO_ID))}),
+        F("named", b"n", owner=owner),  # a name is never looked up on this host: reported instead
+        F("star", b"s", owner=owner, xattrs={"system.posix_acl_access": named}),
+    )
+    [warning] = got.warnings("acl-not-applied")
+    assert "'named'" in warning and "lisa" in warning and "layer 1" in warning
+
+
+def test_edge_68_an_acl_naming_an_unmapped_id_is_an_error_like_an_owner(tmp_path: Path, sink: str) -> None:
+    acl = _acl((0x01, 6, _NO_ID), (0x02, 4, 70000), (0x04, 4, _NO_ID), (0x10, 4, _NO_ID), (0x20, 4, _NO_ID))
+    spec = image([File("f", b"f", xattrs={"system.posix_acl_access": acl})])
+    with pytest.raises(ConverterError, match=r"output '?f'? \(ACL\): uid 70000 is outside every --uid-map range"):
+        run(spec, tmp_path, sink, uid_map=["0:100000:65536"], gid_map=["0:100000:65536"])
+    got = run(spec, tmp_path, sink, uid_map=["0:100000:65536"], gid_map=["0:100000:65536"], unmapped_id=65534)
+    assert got.listing == expect(F("f", b"f", owner="100000:100000", xattrs={"system.posix_acl_access": _acl(
+        (0x01, 6, _NO_ID), (0x02, 4, 65534), (0x04, 4, _NO_ID), (0x10, 4, _NO_ID), (0x20, 4, _NO_ID))}))
 
 
 # =====================================================================================

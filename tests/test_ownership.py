@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import stat
 import subprocess
 import sys
@@ -753,6 +754,28 @@ def test_rootless_as_root_of_a_single_id_user_namespace() -> None:
                           wrap=["unshare", "--user", "--map-root-user"])
         assert proc.returncode == 0, proc.stderr
         assert list_directory(work / "out") == rootless_view(ROOTLESS_RECORDS)
+    finally:
+        shutil.rmtree(work)
+
+
+def test_an_acl_naming_ids_the_user_namespace_does_not_map_is_reported_not_fatal() -> None:
+    """EDGE-CASES 68 without privileges: the kernel refuses (EINVAL) an ACL naming a uid
+    this namespace does not map; the run goes on and says which xattr was not kept."""
+    problem = userns_problem()
+    if problem:
+        print(problem)
+        pytest.skip(problem)
+    no_id = 0xFFFFFFFF
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in [
+        (0x01, 6, no_id), (0x02, 4, 1000), (0x04, 4, no_id), (0x10, 4, no_id), (0x20, 4, no_id)])
+    spec = ImageSpec(layers=[Layer([File("f", b"f", xattrs={"system.posix_acl_access": acl}), File("g", b"g")])])
+    work, unpriv = _unprivileged_workdir(spec)
+    try:
+        proc = unpriv.cli(["convert", "image.tar", "-o", "out"], cwd=work,
+                          wrap=["unshare", "--user", "--map-root-user"])
+        assert proc.returncode == 0, proc.stderr
+        assert "'f': xattr system.posix_acl_access not kept: Invalid argument" in proc.stderr
+        assert (work / "out" / "f").read_bytes() == b"f" and (work / "out" / "g").read_bytes() == b"g"
     finally:
         shutil.rmtree(work)
 

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional
 
+from .. import acls
 from ..errors import LimitError, OutputError
 from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
@@ -607,6 +608,7 @@ class DirectoryWriter:
     # ----- xattrs -----------------------------------------------------------------------
     def _xattrs(self, fd: Optional[int], at: Optional[tuple[int, bytes]], parts: Parts, xattrs: dict[str, bytes]) -> None:
         names = sorted(xattrs, key=lambda n: (n == _CAP, n))  # capability last
+        ids = self.options.ids
         for key in names:
             if key.startswith(self.options.drop_xattrs):
                 self.events.warn("xattr-dropped", f"{show(parts)}: xattr {key} dropped (host-specific)", path=_p(parts))
@@ -614,15 +616,21 @@ class DirectoryWriter:
             if not self.privileged and key.startswith(("trusted.", "security.")):
                 self.events.warn("xattr-dropped", f"{show(parts)}: xattr {key} needs privileges; dropped", path=_p(parts))
                 continue
+            value = xattrs[key]
+            if key in acls.XATTRS:  # named users and groups are ids, mapped like owners
+                value = acls.map_ids(value, ids, where=f"output {show(parts)}")
             try:
                 if fd is not None:
-                    os.setxattr(fd, key, xattrs[key])
+                    os.setxattr(fd, key, value)
                 else:
                     assert at is not None
                     path = b"/proc/self/fd/%d/%s" % (at[0], at[1])
-                    os.setxattr(path, key, xattrs[key], follow_symlinks=False)
+                    os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EOPNOTSUPP):
+                # (EINVAL for an ACL: without privileges, it names ids this user
+                # namespace does not map)
+                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EOPNOTSUPP) or (
+                        exc.errno == errno.EINVAL and key in acls.XATTRS and not self.privileged):
                     ns = key.split(".", 1)[0]
                     if ns not in self._xattr_warned:
                         self._xattr_warned.add(ns)

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Optional, Union
 
+from .. import acls
 from ..errors import LimitError, OutputError
 from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
@@ -367,7 +368,7 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
     uid, gid = ids.map(root.uid, root.gid, where="output root")
     secs, ns = mtime_of(root)
     out.write(build_header(name=b"./", type=b"5", mode=root.mode, uid=uid, gid=gid, mtime=secs, mtime_ns=ns,
-                           xattrs=root.xattrs or None))
+                           xattrs=_mapped_acls(root.xattrs, ids, b".") if root.xattrs else None))
     count += 1
     identity = ids.identity
     progress = options.progress
@@ -383,6 +384,8 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
         secs, ns = mtime_of(node)
         kind = node.kind
         xattrs = node.xattrs or None
+        if xattrs is not None and not identity:
+            xattrs = _mapped_acls(xattrs, ids, path)
         if kind != DIR and node.nlink > 1:
             head = heads.get(id(node))
             if head is not None:
@@ -422,6 +425,14 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
     if progress is not None:
         progress("write-done", {"bytes": written})
     return count
+
+
+def _mapped_acls(xattrs: dict[str, bytes], ids: IdMapper, path: bytes) -> dict[str, bytes]:
+    """``xattrs`` with the named users and groups of ACLs mapped like owners."""
+    if not any(key in acls.XATTRS for key in xattrs):
+        return xattrs
+    where = f"output {path.decode('utf-8', 'backslashreplace')}"
+    return {key: acls.map_ids(value, ids, where=where) if key in acls.XATTRS else value for key, value in xattrs.items()}
 
 
 def _contents(plan: Plan) -> tuple[int, int]:
