@@ -18,7 +18,8 @@ config what a container engine would:
   ``gidMappings`` from the same ranges the rootfs owners were mapped with.
 
 The bundle is built atomically like every output: in ``DIR.partial-<pid>-<random>``
-(mode 0700) and renamed into place at the end; an error leaves ``DIR`` as it was.
+(mode 0700) and renamed into place at the end; an error leaves ``DIR`` as it was.  It
+stays 0700 unless ids are mapped (see :func:`bundle_mode`).
 """
 
 from __future__ import annotations
@@ -271,15 +272,21 @@ def write_bundle(
         inner = DirectoryOptions(**{**options.__dict__, "force": False})
         result = write_directory(plan, os.path.join(partial, "rootfs"), inner)
         _write_config(os.path.join(partial, "config.json"), document, dest)
-        # readable like any directory: with a user namespace, the container's root (an
-        # unprivileged host uid) must be able to reach rootfs/
-        os.chmod(partial, 0o755)
+        os.chmod(partial, bundle_mode(options.ids))
         commit(partial, dest)
     except BaseException:
         remove_path(partial)
         raise
     result.path = dest
     return result
+
+
+def bundle_mode(ids: Any) -> int:
+    """0700 (EDGE-CASES 76, umoci#181): the rootfs holds the image's setuid-root programs,
+    which no other host user should reach.  With --uid-map/--gid-map, 0755: the
+    container's root is then an unprivileged host uid that must reach rootfs/, and the
+    programs are owned by mapped, unprivileged ids."""
+    return 0o755 if ids.uids.ranges or ids.gids.ranges else 0o700
 
 
 def _write_config(path: str, document: bytes, dest: str) -> None:

@@ -119,7 +119,7 @@ def test_config_json_from_the_image_config(tmp_path: Path) -> None:
     assert result.kind == "bundle"
     assert sorted(os.listdir(out)) == ["config.json", "rootfs"]
     assert sorted(os.listdir(out / "rootfs")) == ["app", "etc", "usr"]
-    assert os.stat(out).st_mode & 0o777 == 0o755
+    assert os.stat(out).st_mode & 0o777 == 0o700  # setuid-root programs reachable by root alone
     assert _config(out) == expected_config({
         "user": {"uid": 1000, "gid": 1000, "additionalGids": [10, 20]},
         "args": ["/app/run", "--flag", "arg one"],
@@ -203,6 +203,7 @@ def test_user_namespace_mappings_and_mapped_owners(tmp_path: Path) -> None:
     assert (st.st_uid, st.st_gid) == (101000, 201000)
     st = os.lstat(out / "rootfs")
     assert (st.st_uid, st.st_gid) == (100000, 200000)
+    assert os.stat(out).st_mode & 0o777 == 0o755  # the container's root, host uid 100000, reaches rootfs/
 
 
 def test_mapping_checks(tmp_path: Path) -> None:
