@@ -129,8 +129,14 @@ class Staging:
                 from .sinks.atomic import STAGING, partial_name
 
                 path = partial_name(self.dest, STAGING)
-                os.mkdir(path, 0o700)
+                # named before it exists: an interrupt right after the mkdir (signal
+                # handlers run between bytecodes) still finds it in remove()
                 self.path = path
+                try:
+                    os.mkdir(path, 0o700)
+                except OSError:
+                    self.path = None
+                    raise
                 self._root_fd = os.open(path, _DIR_FLAGS)
             name = str(len(self._fds))
             os.mkdir(name, 0o700, dir_fd=self._root_fd)

@@ -194,6 +194,40 @@ def _rewrite_layer(layout: Path, built: object, index: int, stored: bytes, diff_
     (layout / "index.json").write_text(json_.dumps(index_doc))
 
 
+@pytest.mark.parametrize("made", ["dir-staging", "dir-partial", "tar-partial"])
+def test_an_interrupt_just_after_a_working_path_is_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: str
+) -> None:
+    """Signal handlers run between bytecodes, so Ctrl-C can land right after the mkdir
+    (or open) that made a staging directory or a partial output, before anyone noted it.
+    A kill test caught a staging directory left behind that way under load."""
+    src = tmp_path / "image"
+    write_oci_layout(src, _spec("gzip"))
+    sink, marker = made.split("-")
+    marker = f".{marker}-"
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def mkdir(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_mkdir(path, *args, **kwargs)
+        if marker in os.fsdecode(path):
+            raise KeyboardInterrupt
+
+    def open_(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_CREAT and marker in os.fsdecode(path):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    out = tmp_path / ("out" if sink == "dir" else "out.tar")
+    with pytest.raises(KeyboardInterrupt):
+        convert(f"oci:{src}", out, flatten=sink == "tar")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []
+
+
 def test_a_stale_staging_directory_of_a_dead_run_is_removed(tmp_path: Path) -> None:
     import subprocess
     import sys

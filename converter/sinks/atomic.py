@@ -192,4 +192,7 @@ def begin_directory(dest: str, *, force: bool) -> str:
         os.mkdir(partial, 0o700)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    except BaseException:  # interrupted just after creating it (handlers run between bytecodes)
+        remove_path(partial)
+        raise
     return partial

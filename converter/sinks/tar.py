@@ -491,6 +491,9 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
+    except BaseException:  # interrupted just after creating it (handlers run between bytecodes)
+        remove_path(partial)
+        raise
     placed = -1
     try:
         try:
