@@ -85,6 +85,25 @@ def test_ls_and_convert_keep_dirlinks_when_asked(tmp_path: Path) -> None:
     assert "keep-dirlink" in r.stderr
 
 
+def test_an_existing_output_is_kept_unless_it_is_empty_or_forced(tmp_path: Path) -> None:
+    """EDGE-CASES 76: a non-empty destination is refused (exit 8) and left as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine").write_text("keep")
+    r = rootfs("convert", str(SAMPLE), "-o", str(out))
+    assert r.returncode == 8 and "not empty" in r.stderr and (out / "mine").read_text() == "keep"
+    tar = tmp_path / "old.tar"
+    tar.write_bytes(b"someone's data")
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tar))
+    assert r.returncode == 8 and "exists" in r.stderr and tar.read_bytes() == b"someone's data"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert rootfs("convert", str(SAMPLE), "-o", str(empty), "-q").returncode == 0
+    assert rootfs("convert", str(SAMPLE), "-o", str(out), "--force", "-q").returncode == 0
+    assert not (out / "mine").exists() and (out / "etc").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "old.tar", "out"]
+
+
 def test_inspect_json_has_the_documented_top_level_keys() -> None:
     import json
 

@@ -28,6 +28,7 @@ directory sink runs only as root; the tests run as root here and in CI.
 
 from __future__ import annotations
 
+import base64
 import struct
 from pathlib import Path
 
@@ -1188,12 +1189,35 @@ def test_edge_61_mtimes_beyond_64_bit_nanoseconds_become_the_epoch_with_a_warnin
     assert len(warnings) == 2 and "'far-future'" in warnings[0] and "'far-past'" in warnings[1]
 
 
+def test_edge_62_a_symlink_gets_its_own_owner_and_mtime_never_its_targets(tmp_path: Path, sink: str) -> None:
+    spec = image([File("target", b"t", mode=0o600, uid=5, gid=6, mtime=T0 + 100),
+                  Symlink("link", "target", uid=1000, gid=1000, mtime=T0 + 200)])
+    got = run(spec, tmp_path, sink)
+    assert got.listing == expect(L("link", "target", owner="1000:1000"), F("target", b"t", mode=0o600, owner="5:6"))
+    assert (got.mtime("link"), got.mtime("target")) == (T0 + 200, T0 + 100)
+
+
 def test_edge_63_owners_are_the_numeric_ids_never_the_names_looked_up_here(tmp_path: Path, sink: str) -> None:
     # names of users this host has, on ids that are not theirs
     spec = image([Raw(b"f", data=b"f", uid=1234, gid=4321, uname=b"root", gname=b"root"),
                   Raw(b"g", data=b"g", uid=0, gid=0, uname=b"nobody", gname=b"nogroup")])
     got = run(spec, tmp_path, sink)
     assert got.listing == expect(F("f", b"f", owner="1234:4321"), F("g", b"g", owner="0:0"))
+
+
+def test_edge_67_libarchive_and_schily_xattrs_reach_the_output(tmp_path: Path, sink: str) -> None:
+    layer = [
+        Raw(b"f", data=b"f", pax={"LIBARCHIVE.xattr.user.mime": base64.b64encode(b"text/plain\0").decode(),
+                                  "SCHILY.xattr.user.bin": b"\x00\xff\x01"}),
+        # both forms of one name: the binary-exact SCHILY one wins
+        Raw(b"both", data=b"b", pax={"LIBARCHIVE.xattr.user.x": base64.b64encode(b"from libarchive").decode(),
+                                     "SCHILY.xattr.user.x": "from schily"}),
+    ]
+    got = run(image(layer), tmp_path, sink)
+    assert got.listing == expect(
+        F("both", b"b", xattrs={"user.x": b"from schily"}),
+        F("f", b"f", xattrs={"user.bin": b"\x00\xff\x01", "user.mime": b"text/plain\0"}),
+    )
 
 
 def _acl(*entries: tuple[int, int, int]) -> bytes:

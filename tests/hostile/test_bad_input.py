@@ -312,7 +312,7 @@ def _(where: Path) -> Path:
     return where / "img.tar"
 
 
-@case("device-numbers-beyond-32-bits", InputError, OutputError, needles=("'dev'",), sinks=("tar",))
+@case("device-numbers-beyond-32-bits", InputError, OutputError, needles=("'dev'",), sinks=("tar", "dir"))
 def _(where: Path) -> Path:
     write_docker_archive(where / "img.tar", ImageSpec(layers=[Layer([Raw(name=b"dev", type=b"3", devmajor=2**32, devminor=1)])]))
     return where / "img.tar"
