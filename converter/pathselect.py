@@ -45,7 +45,7 @@ from .elf import (
 from .errors import NotFoundError, UsageError
 from .merge import DIR, LNK, MAX_HOPS, REG, Events, Node, Plan
 from .paths import Parts, show
-from .staging import open_content
+from .staging import content_pieces
 
 #: a position in the tree: the physical path as (name, node) pairs, the root first
 Stack = list[tuple[bytes, Node]]
@@ -79,36 +79,7 @@ def _components(path: bytes) -> list[bytes]:
 def read_node(node: Node, offset: int, size: int) -> bytes:
     """Up to ``size`` bytes of a regular file's content at ``offset`` (sparse holes read
     as zeros), read from where the plan located them."""
-    end = min(node.size, offset + size)
-    if offset >= end:
-        return b""
-    with open_content(node.fd, node.offset) as (fd, base):
-        if node.sparse is None:
-            out = bytearray()
-            pos = offset
-            while pos < end:
-                chunk = os.pread(fd, min(end - pos, 1 << 20), base + pos)
-                if not chunk:
-                    raise OSError("content ended early")
-                out += chunk
-                pos += len(chunk)
-            return bytes(out)
-        out = bytearray(end - offset)
-        src = base
-        for file_off, length in node.sparse:
-            lo, hi = max(file_off, offset), min(file_off + length, end)
-            if lo < hi:
-                data = b""
-                want = hi - lo
-                at = src + (lo - file_off)
-                while len(data) < want:
-                    chunk = os.pread(fd, want - len(data), at + len(data))
-                    if not chunk:
-                        raise OSError("content ended early")
-                    data += chunk
-                out[lo - offset:hi - offset] = data
-            src += length
-        return bytes(out)
+    return b"".join(content_pieces(node, offset, offset + size))
 
 
 # ------------------------------------------------------------------------ the selector

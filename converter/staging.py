@@ -24,10 +24,13 @@ from __future__ import annotations
 import os
 import stat
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from .inflate import InflatedStream, close_quietly, pwrite_all
 from .tar.reader import TarEntry
+
+if TYPE_CHECKING:
+    from .merge import Node
 
 #: regular files at least this big are staged (below it, copying is cheaper than renaming)
 STAGE_MIN = 64 << 10
@@ -66,6 +69,47 @@ def open_content(fd: int, offset: int) -> Iterator[tuple[int, int]]:
         yield staged, 0
     finally:
         os.close(staged)
+
+
+_PIECE = 1 << 20
+_ZEROS = memoryview(bytes(_PIECE))
+
+
+def content_pieces(node: "Node", offset: int = 0, end: Optional[int] = None) -> Iterator[Union[bytes, memoryview]]:
+    """A regular file's bytes from ``offset`` to ``end`` (default: its size), in pieces of
+    at most 1 MiB, holes of a sparse file as zeros, read from where the plan located
+    them: the one reading loop of the tree's readers (tree hashes, ``--path`` lookups)."""
+    end = node.size if end is None else min(end, node.size)
+    if offset >= end:
+        return
+    segments = ((0, node.size),) if node.sparse is None else node.sparse
+    pos = offset  # the next byte of the file to give
+    with open_content(node.fd, node.offset) as (fd, src):
+        for file_off, length in segments:
+            if pos >= end:
+                break
+            if file_off > pos:  # a hole before this segment
+                yield from _zeros(min(file_off, end) - pos)
+                pos = min(file_off, end)
+            lo, hi = max(file_off, pos), min(file_off + length, end)
+            at, left = src + (lo - file_off), hi - lo
+            while left > 0:
+                chunk = os.pread(fd, min(left, _PIECE), at)
+                if not chunk:
+                    raise OSError("content ended early")
+                yield chunk
+                at += len(chunk)
+                left -= len(chunk)
+            pos = max(pos, hi)
+            src += length
+    if pos < end:
+        yield from _zeros(end - pos)
+
+
+def _zeros(n: int) -> Iterator[memoryview]:
+    while n > 0:
+        yield _ZEROS[: min(n, _PIECE)]
+        n -= _PIECE
 
 
 class StageSource:

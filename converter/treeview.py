@@ -7,13 +7,12 @@ prints exactly what listing the converted directory would print.
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Iterator, Optional
 
 from .listing import EMPTY_SHA256, Record
 from .merge import BLK, CHR, LNK, REG, Node, Plan
 from .paths import Parts, join
-from .staging import open_content
+from .staging import content_pieces
 
 
 def node_sha256(node: Node) -> str:
@@ -21,36 +20,9 @@ def node_sha256(node: Node) -> str:
     if not node.size:
         return EMPTY_SHA256
     h = hashlib.sha256()
-    if node.sparse is None:
-        segments = [(0, node.size)]
-    else:
-        segments = list(node.sparse)
-    pos = 0
-    with open_content(node.fd, node.offset) as (fd, src):
-        for file_off, length in segments:
-            if file_off > pos:
-                _zeros(h, file_off - pos)
-                pos = file_off
-            remaining = length
-            while remaining:
-                chunk = os.pread(fd, min(remaining, 1 << 20), src)
-                if not chunk:
-                    raise OSError("content ended early")
-                h.update(chunk)
-                src += len(chunk)
-                remaining -= len(chunk)
-                pos += len(chunk)
-    if node.size > pos:
-        _zeros(h, node.size - pos)
+    for piece in content_pieces(node):
+        h.update(piece)
     return h.hexdigest()
-
-
-def _zeros(h: "hashlib._Hash", n: int) -> None:
-    block = bytes(min(n, 1 << 20))
-    while n:
-        part = min(n, len(block))
-        h.update(block[:part])
-        n -= part
 
 
 def records_from_plan(plan: Plan, *, hash_files: bool = False, prefix: Optional[Parts] = None) -> Iterator[Record]:
