@@ -164,8 +164,6 @@ class DirectoryWriter:
         self._count_lock = threading.Lock()
         self.limit: Optional[int] = options.max_size
         self.free: Optional[int] = None
-        self._sizes: dict[int, int] = {}  # id(job): bytes of contents (see write)
-        self._taken: list[int] = []  # bytes of contents before each chunk (see _run_jobs_forked)
 
     # ----- driver -----------------------------------------------------------------------
     def write(self) -> None:
@@ -233,8 +231,7 @@ class DirectoryWriter:
         progress = self.options.progress
         if progress is not None:
             progress("write-start", {"bytes": need, "entries": entries})
-        self._sizes = sizes
-        dirs = self._run_jobs(jobs, costs, dirs, links)  # the directories still to finish
+        dirs = self._run_jobs(jobs, costs, sizes, dirs, links)  # the directories still to finish
         for key, head, parts in links:
             if key in self._skipped:
                 continue
@@ -269,17 +266,18 @@ class DirectoryWriter:
         if self.free is not None and new > self.free:
             raise OutputError(f"the image needs {new} bytes but only {self.free} are free at the destination")
 
-    def _run_jobs(self, jobs: list[Job], costs: list[int], dirs: list[tuple[Parts, Node]],
+    def _run_jobs(self, jobs: list[Job], costs: list[int], sizes: dict[int, int], dirs: list[tuple[Parts, Node]],
                   links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
         """Write every inode of ``jobs``; return the directories whose metadata is still
-        to be set (the forked writers finish the ones only they wrote into)."""
+        to be set (the forked writers finish the ones only they wrote into).  ``sizes``:
+        bytes of contents per job (by ``id``), for the progress shown."""
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
-            self._worker(self._reporting(jobs), self.fds)
+            self._worker(self._reporting(jobs, sizes), self.fds)
             return dirs
         if CAN_FORK:
-            return self._run_jobs_forked(jobs, costs, workers, dirs, links)
-        feed = self._reporting(jobs)
+            return self._run_jobs_forked(jobs, costs, sizes, workers, dirs, links)
+        feed = self._reporting(jobs, sizes)
         lock = threading.Lock()
 
         def locked_feed() -> Iterator[Job]:
@@ -311,7 +309,7 @@ class DirectoryWriter:
             raise errors[0]
         return dirs
 
-    def _reporting(self, jobs: list[Job]) -> Iterator[Job]:
+    def _reporting(self, jobs: list[Job], sizes: dict[int, int]) -> Iterator[Job]:
         """``jobs``, reporting the bytes of contents handed out before each one (one
         process: the forked writers report per chunk instead, see _take)."""
         progress = self.options.progress
@@ -319,11 +317,11 @@ class DirectoryWriter:
         for job in jobs:
             if progress is not None:
                 progress("write-progress", {"bytes": done})
-                done += self._sizes.get(id(job), 0)
+                done += sizes.get(id(job), 0)
             yield job
 
-    def _run_jobs_forked(self, jobs: list[Job], costs: list[int], workers: int, dirs: list[tuple[Parts, Node]],
-                         links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
+    def _run_jobs_forked(self, jobs: list[Job], costs: list[int], sizes: dict[int, int], workers: int,
+                         dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
         the work is done by forked processes that inherit the plan (copy-on-write) and the
         directory fds.  Each child reports counts, warnings and inodes it could not create
@@ -339,9 +337,9 @@ class DirectoryWriter:
         chunks = [c for c in _split(jobs, costs, workers * _CHUNKS) if c]
         # chunks are handed out in order: when this process takes chunk i, all before it
         # are taken (and all but the other writer's last one are written)
-        self._taken = [0]
+        before = [0]
         for chunk in chunks:
-            self._taken.append(self._taken[-1] + sum(self._sizes.get(id(job), 0) for job in chunk))
+            before.append(before[-1] + sum(sizes.get(id(job), 0) for job in chunk))
         owned, rest = _owned_dirs(chunks, dirs, links) if self.privileged else ([[] for _ in chunks], dirs)
         feed_r, feed_w = os.pipe()
         try:
@@ -351,10 +349,10 @@ class DirectoryWriter:
         children: list[tuple[int, int]] = []
         try:
             for _ in range(workers - 1):
-                children.append(fork_reporting(lambda: self._child(chunks, owned, feed_r)))
+                children.append(fork_reporting(lambda: self._child(chunks, owned, feed_r, before)))
             error: Optional[BaseException] = None
             try:
-                self._take(chunks, owned, feed_r, self.fds)
+                self._take(chunks, owned, feed_r, self.fds, before)
             except BaseException as exc:
                 error = exc
             while children:
@@ -379,20 +377,23 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _take(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int, fds: DirFds) -> None:
+    def _take(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int, fds: DirFds,
+              before: list[int]) -> None:
         """Write the chunks whose numbers this writer reads from ``feed`` (each read takes
-        one whole number: the pipe hands out what the writers share atomically)."""
+        one whole number: the pipe hands out what the writers share atomically);
+        ``before[i]``: bytes of contents in the chunks before chunk ``i``."""
         while True:
             data = os.read(feed, _CHUNK_NO.size)
             if not data:
                 return
             (i,) = _CHUNK_NO.unpack(data)
             if self.options.progress is not None:
-                self.options.progress("write-progress", {"bytes": self._taken[i]})
+                self.options.progress("write-progress", {"bytes": before[i]})
             self._worker(iter(chunks[i]), fds)
             self._finish_dirs(owned[i], fds)
 
-    def _child(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int) -> dict:  # pragma: no cover - a writer child
+    def _child(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int,
+               before: list[int]) -> dict:  # pragma: no cover - a writer child
         collector = _CollectingEvents()
         self.options = replace(self.options, progress=None)  # the parent shows progress
         # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
@@ -401,7 +402,7 @@ class DirectoryWriter:
         self.result = DirResult(path="")
         self._skipped = set()
         fds = DirFds(self.root_fd, capacity=64)
-        self._take(chunks, owned, feed, fds)
+        self._take(chunks, owned, feed, fds, before)
         return {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
                 "skipped": sorted(self._skipped)}
 
