@@ -29,8 +29,11 @@ directory sink runs only as root; the tests run as root here and in CI.
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import struct
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from edge_helpers import (
@@ -51,7 +54,7 @@ from edge_helpers import (
 )
 
 from converter import convert
-from converter.errors import ConverterError, UnsafeEntryError
+from converter.errors import ConverterError, OutputError, UnsafeEntryError
 from converter.testing.imagegen import (
     FIXED_MTIME,
     Device,
@@ -1265,6 +1268,113 @@ def test_edge_68_an_acl_naming_an_unmapped_id_is_an_error_like_an_owner(tmp_path
     got = run(spec, tmp_path, sink, uid_map=["0:100000:65536"], gid_map=["0:100000:65536"], unmapped_id=65534)
     assert got.listing == expect(F("f", b"f", owner="100000:100000", xattrs={"system.posix_acl_access": _acl(
         (0x01, 6, _NO_ID), (0x02, 4, 65534), (0x04, 4, _NO_ID), (0x10, 4, _NO_ID), (0x20, 4, _NO_ID))}))
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, name: str, err: int, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+    """Make ``os.<name>`` fail with ``err`` whenever ``when(*args)`` says so, as a file
+    system or a policy that refuses the operation would (the forked writers inherit it)."""
+    real = getattr(os, name)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        if when(*args, **kwargs):
+            raise OSError(err, os.strerror(err))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, refuse)
+
+
+@pytest.mark.parametrize("err", [errno.ENOTSUP, errno.EPERM])
+def test_edge_67_xattrs_the_target_file_system_refuses_are_warned_about_and_the_rest_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    _refusing(monkeypatch, "setxattr", err, lambda path, key, *a, **k: key.startswith("user.refused"))
+    layer = [File(f"f{i}", b"x", xattrs={"user.refused": b"1", "user.kept": b"2"}) for i in range(3)]
+    layer.append(Dir("d/", xattrs={"user.refused.dir": b"3"}))
+    got = run(image(layer), tmp_path, "dir")
+    assert got.listing == expect(D("d"), *(F(f"f{i}", b"x", xattrs={"user.kept": b"2"}) for i in range(3)))
+    warned = got.warnings("xattr-unsupported")
+    assert len(warned) == 4 and all("not kept" in w and os.strerror(err) in w for w in warned), warned
+    assert {w.split(":")[0] for w in warned} == {"'d'", "'f0'", "'f1'", "'f2'"}
+
+
+def test_edge_73_a_symlinks_xattrs_never_reach_what_it_points_at(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"host")
+    pax: dict[str | bytes, str | bytes] = {"SCHILY.xattr.user.x": b"u"} | ({"SCHILY.xattr.trusted.x": b"t"} if IS_ROOT else {})
+    layer = [
+        File("target", b"t"),
+        Raw(b"rel", type=b"2", linkname=b"target", pax=pax),
+        Raw(b"abs", type=b"2", linkname=str(victim).encode(), pax=pax),
+        Raw(b"fifo", type=b"6", pax=pax),  # set by path too (a fifo is not opened)
+    ]
+    got = run(image(layer), tmp_path, "dir")
+    out = got.out
+    assert os.listxattr(out / "target") == [] and os.listxattr(victim) == []
+    for node in ("rel", "abs", "fifo"):
+        on_node = set(os.listxattr(out / node, follow_symlinks=False))
+        # the kernel keeps user.* off symlinks and fifos (EPERM): reported; trusted.* as
+        # root is the node's own
+        assert on_node == ({"trusted.x"} if IS_ROOT else set())
+    assert {w.split(":")[0] for w in got.warnings("xattr-unsupported")} == {"'rel'", "'abs'", "'fifo'"}
+
+
+@pytest.mark.parametrize("swap", ["dir", "parent"])
+def test_edge_74_a_directory_swapped_for_a_symlink_while_writing_is_never_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str) -> None:
+    """CVE-2018-15664's race, won on purpose: once the directories exist, and before any
+    file goes into them, another process replaces one with a symlink to a host directory.
+    The writer works from directory fds opened one component at a time with O_NOFOLLOW,
+    so a writer that opens it afterwards (a forked writer, or after its fd cache moved
+    on) stops with an error instead of writing through the link, and removes what it
+    wrote.  (One that holds the fd already writes into the real directory, wherever it
+    was moved: never through the link either.)"""
+    from converter.sinks import directory
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_bytes(b"host")
+    real = directory.DirectoryWriter._run_jobs
+
+    def racing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        [partial] = [p for p in tmp_path.iterdir() if p.name.startswith("out.partial-")]
+        moved = partial / ("a/b" if swap == "dir" else "a")
+        moved.rename(moved.with_name("moved"))
+        moved.symlink_to(victim)
+        self.fds.close()  # as a forked writer's: nothing below the root open yet
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(directory.DirectoryWriter, "_run_jobs", racing)
+    files = [File(f"a/b/f{i}", b"image") for i in range(20)] + [File("a/b/keep", b"image"), File("top", b"t")]
+    src = write_image(image(files), tmp_path)
+    with pytest.raises(OutputError, match=r"output '?a(/b)?'?: cannot open as a directory .*changed while it was written"):
+        convert(str(src), tmp_path / "out")
+    assert sorted(p.name for p in victim.iterdir()) == ["keep"] and (victim / "keep").read_bytes() == b"host"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar", "victim"]
+
+
+@pytest.mark.parametrize("devices", ["skip", "empty"])
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EOPNOTSUPP])
+def test_edge_70_a_fifo_the_system_refuses_is_skipped_or_emptied_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, devices: str) -> None:
+    _refusing(monkeypatch, "mkfifo", err)
+    layer = [Fifo("run/pipe", mode=0o620), File("run/file", b"f")]
+    got = run(image(layer), tmp_path, "dir", devices=devices)
+    if devices == "skip":
+        assert got.listing == expect(D("run"), F("run/file", b"f"))
+        [warning] = got.warnings("fifo-skipped")
+    else:
+        assert got.listing == expect(D("run"), F("run/file", b"f"),
+                                     F("run/pipe", b"", mode=0o620))  # (its kind recorded with --keep-ids=xattr)
+        [warning] = got.warnings("fifo-emptied")
+    assert "'run/pipe'" in warning and os.strerror(err) in warning
+    assert not got.warnings("device-skipped") and not got.warnings("device-emptied")
+
+
+def test_edge_70_a_failing_fifo_that_is_not_a_refusal_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refusing(monkeypatch, "mkfifo", errno.EIO)
+    src = write_image(image([Fifo("pipe")]), tmp_path)
+    with pytest.raises(OutputError, match=r"output 'pipe': cannot create.*Input/output error"):
+        convert(str(src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # =====================================================================================
