@@ -240,6 +240,7 @@ class Merger:
         self._pcache_key: Optional[Parts] = None  # last resolved parent (see _apply)
         self._pcache_node: Optional[Node] = None
         self._dirs: dict[Parts, Node] = {}  # parents resolved by this layer (see _apply)
+        self._replaced_links: list[TarEntry] = []  # pending links a later entry replaced
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
@@ -250,6 +251,7 @@ class Merger:
         self._layer_label = layer.label
         self._layer_index = layer.index
         self._dirs = {}
+        self._replaced_links = []
         deferred: dict[Parts, TarEntry] = {}
         # data is skipped by seeking (in the source or the inflated file): a small buffer
         # avoids reading it anyway
@@ -302,6 +304,9 @@ class Merger:
             if not progress_made:
                 parts, entry = next(iter(deferred.items()))
                 self._hardlink(entry, parts, final=True)
+        for entry in self._replaced_links:
+            self._link_target(entry, final=True)
+        self._replaced_links = []
         self._touched = {}
         self._keepalive = []
         self._plink = {}
@@ -334,7 +339,11 @@ class Merger:
             self.events.decide("skip", f"{show(parts)}: under a whiteout/AUFS marker")
             return None
         if deferred:
-            deferred.pop(parts, None)  # a later entry for the same name replaces a pending link
+            # a later entry for the same name replaces a pending link; the link must
+            # still name something by the end of the layer (rule 6, EDGE-CASES 57)
+            replaced = deferred.pop(parts, None)
+            if replaced is not None:
+                self._replaced_links.append(replaced)
         etype = entry.type
         if etype == b"1":
             if not self._hardlink(entry, parts, final=False):
@@ -630,9 +639,10 @@ class Merger:
                     stack.append(child)
 
     # ----- hard links -------------------------------------------------------------------
-    def _hardlink(self, entry: TarEntry, parts: Parts, *, final: bool) -> bool:
-        """Link ``parts`` to the node its linkname names in the current view (rule 6).
-        Returns False to be retried at the end of the layer (EDGE-CASES 48)."""
+    def _link_target(self, entry: TarEntry, *, final: bool) -> Optional[Node]:
+        """The node a hard link's linkname names in the current view (rule 6): an error
+        for the root or a directory, and for nothing when ``final``; else None for a
+        target that may still come later in the layer (EDGE-CASES 48)."""
         try:
             target_parts = split_name(entry.linkname, what="")
         except UnsafeEntryError:
@@ -647,10 +657,18 @@ class Merger:
             target = tparent.children.get(target_parts[-1]) if tparent and tparent.children is not None else None
         if target is None:
             if not final:
-                return False
+                return None
             raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which does not exist")
         if target.kind == DIR:
             raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which is a directory")
+        return target
+
+    def _hardlink(self, entry: TarEntry, parts: Parts, *, final: bool) -> bool:
+        """Link ``parts`` to the node its linkname names in the current view (rule 6).
+        Returns False to be retried at the end of the layer (EDGE-CASES 48)."""
+        target = self._link_target(entry, final=final)
+        if target is None:
+            return False
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         if parent is None:
             return True  # under a whiteout name: skipped (see _resolve_dir)

@@ -608,6 +608,46 @@ def test_edge_31_whiteouts_nested_under_whited_out_or_opaque_dirs(tmp_path: Path
     )
 
 
+def test_edge_25_an_opaque_marker_implies_its_directory_like_any_entry(tmp_path: Path, sink: str) -> None:
+    """The marker says "this layer's D is opaque" (the overlay upper directory has D):
+    a missing D becomes an empty directory and a non-directory at D is replaced by one,
+    as for any entry under D (EDGE-CASES 45), reached through symlinks inside the root;
+    a plain whiteout under a missing parent creates nothing (29)."""
+    lower = [File("file", b"lower file"), Symlink("dangling", "/nowhere/deep"), Symlink("via", "same/z")]
+    upper = [
+        Opaque("missing/dir"),
+        Opaque("file"),
+        Opaque("dangling"),
+        File("same", b"same layer"),
+        Opaque("via"),  # via -> same/z: same is a file of this layer, replaced too
+        Whiteout("absent/x"),
+    ]
+    got = run(image(lower, upper), tmp_path, sink)
+    assert got.listing == expect(
+        L("dangling", "/nowhere/deep"),
+        D("file"),
+        D("missing"),
+        D("missing/dir"),
+        D("nowhere"),
+        D("nowhere/deep"),
+        D("same"),
+        D("same/z"),
+        L("via", "same/z"),
+    )
+    replaced = got.warnings("parent-replaced")
+    assert len(replaced) == 2, replaced
+    assert "entry 'file/.wh..wh..opq': parent 'file' was a file" in replaced[0]
+    assert "entry 'via/.wh..wh..opq': parent 'same' was a file" in replaced[1]
+
+
+@pytest.mark.parametrize("order", ["outer-first", "inner-first"])
+def test_edge_26_nested_opaque_markers_give_one_result_whatever_their_order(tmp_path: Path, sink: str, order: str) -> None:
+    lower = [Dir("a/"), Dir("a/b/"), File("a/b/old", b"old"), File("a/other", b"other")]
+    markers = [Opaque("a"), Opaque("a/b")]
+    got = run(image(lower, markers if order == "outer-first" else markers[::-1]), tmp_path, sink)
+    assert got.listing == expect(D("a"), D("a/b"))
+
+
 @pytest.mark.parametrize("marker_dir", ["", ".", "/"], ids=["bare", "dot", "slash"])
 def test_edge_32_opaque_marker_at_the_root_hides_every_lower_entry(tmp_path: Path, sink: str, marker_dir: str) -> None:
     lower = [Dir("./", mode=0o700), Dir("a/"), File("a/x", b"x"), File("b", b"b"), Symlink("c", "a")]
@@ -993,9 +1033,11 @@ def test_edge_48_chain_of_links_before_their_target(tmp_path: Path, sink: str) -
 
 
 def test_edge_48_later_entry_replaces_an_unresolved_link(tmp_path: Path, sink: str) -> None:
-    layer = [Hardlink("h", "t"), File("h", b"file h"), File("t", b"t")]
+    # (its target comes later in the layer: a link to something, replaced; see 57 for
+    # one to nothing)
+    layer = [Hardlink("h", "t"), File("h", b"file h"), File("t", b"t"), Hardlink("d", "t2"), Dir("d/"), File("t2", b"2")]
     got = run(image(layer), tmp_path, sink)
-    assert got.listing == expect(F("h", b"file h"), F("t", b"t"))
+    assert got.listing == expect(D("d"), F("h", b"file h"), F("t", b"t"), F("t2", b"2"))
 
 
 def test_edge_49_link_to_a_file_of_a_lower_layer(tmp_path: Path, sink: str) -> None:
@@ -1151,6 +1193,10 @@ MISSING_TARGETS = {
     "whited-out-below": ([[Whiteout("the-target")], [Hardlink("the-link", "the-target")]], "layer 3", "the-target"),
     "whited-out-same-layer": ([[Whiteout("the-target"), Hardlink("the-link", "the-target")]], "layer 2", "the-target"),
     "under-a-file": ([[Hardlink("the-link", "other/the-target")]], "layer 2", "other/the-target"),
+    # a link to nothing is still one when a later entry of its layer takes its name
+    "replaced-later": ([[Hardlink("the-link", "no-such-target"), File("the-link", b"later")]], "layer 2", "no-such-target"),
+    "replaced-by-a-link": ([[Hardlink("the-link", "no-such-target"), Hardlink("the-link", "other")]], "layer 2",
+                           "no-such-target"),
 }
 
 
