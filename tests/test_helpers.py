@@ -271,3 +271,38 @@ def test_directory_times_and_modes_are_final_when_writers_finish_their_own_direc
         st = os.stat(out / rel)
         assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(mode), mtime), rel
     assert os.stat(out / "links" / "h").st_ino == os.stat(out / "top/only-dirs/d0/f0001").st_ino
+
+
+def test_entries_parsed_by_a_helper_are_the_entries_parsed_here_every_field(tmp_path: Path) -> None:
+    """A helper sends plain entries in a short form and the others whole (see
+    helper._Batches): rebuilt, every one must equal what this process's reader gives,
+    slot by slot, index included, whatever form it travelled in."""
+    import base64
+
+    from converter.image import FileRegion
+    from converter.tar.reader import FileSource, TarEntry, TarReader
+    from converter.testing.imagegen import Device, Fifo, Raw, layer_tar
+
+    entries = [Dir("d"), File("d/plain", b"p" * 700), Symlink("d/l", "plain"), Hardlink("d/h", "d/plain"),
+               Fifo("fifo"), Device("dev", "c", 1, 3), File("x" * 150, b"long name"),
+               File("xattr", b"x", xattrs={"user.a": b"1"}),
+               Raw(b"pax", data=b"p", pax={"mtime": "1700000000.5", "uid": "70000", "comment": "kept"}),
+               Raw(b"lib", data=b"l", pax={"LIBARCHIVE.xattr.user.b": base64.b64encode(b"2").decode()}),
+               Sparse("sparse", 1 << 20, [(4096, b"data"), (600_000, BIG[:9000])]),
+               *(File(f"many/f{i:04d}", b"%d" % i) for i in range(1200))]  # several batches
+    path = tmp_path / "layer.tar"
+    path.write_bytes(layer_tar(Layer(entries)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        region = FileRegion(fd, 0, os.fstat(fd).st_size)
+        here = list(TarReader(FileSource(fd, 0, region.size), name="layer"))
+        pool = workers.Workers()
+        try:
+            remote = list(workers.RemoteTarReader(pool.parse(region, what="layer")))
+        finally:
+            pool.close()
+    finally:
+        os.close(fd)
+    assert len(here) == len(remote) > 1200
+    for a, b in zip(here, remote):
+        assert [getattr(a, s) for s in TarEntry.__slots__] == [getattr(b, s) for s in TarEntry.__slots__], a

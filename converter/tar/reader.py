@@ -203,6 +203,8 @@ class _EmptyDict(dict):
 #: Shared by every entry without xattrs / PAX records.  Callers must never mutate
 #: ``entry.xattrs`` or ``entry.pax`` (copy them first); the shared empty one refuses.
 _EMPTY: dict = _EmptyDict()
+#: the same, for code that rebuilds entries elsewhere (see converter.workers)
+NO_RECORDS = _EMPTY
 
 
 class TarEntry:
