@@ -205,6 +205,11 @@ def convert(
             events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
         if report == "-" and flatten == "-":
             raise UsageError("--report - and --flatten - cannot both use stdout")
+        report_file = None
+        if report:
+            from .report import ReportFile
+
+            report_file = ReportFile(report)  # (a path that cannot take it fails here, before any work)
         progress = _Progress(enabled=not quiet)
         try:
             result = do_convert(
@@ -222,16 +227,20 @@ def convert(
             )
         except BaseException as exc:
             progress.stop()
-            if report:
-                from .report import error_report, write_report
+            if report_file is not None:
+                from .errors import ConverterError
+                from .report import error_report
 
-                write_report(error_report(exc, spec=source, events=events), report)
+                try:
+                    report_file.write(error_report(exc, spec=source, events=events))
+                except ConverterError as report_error:  # (the conversion's error is the one to tell)
+                    print(f"rootfs: warning: {report_error}", file=sys.stderr)
             raise
         progress.stop()
-        if report:
-            from .report import success_report, write_report
+        if report_file is not None:
+            from .report import success_report
 
-            write_report(success_report(result, spec=source), report)
+            report_file.write(success_report(result, spec=source))
         if not quiet:
             _print_warnings(result.events, verbose)
             _summary(result)

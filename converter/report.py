@@ -78,13 +78,59 @@ def error_report(exc: BaseException, *, spec: str, events: Optional[Any] = None)
     }
 
 
-def write_report(doc: dict[str, Any], dest: str) -> None:
-    text = json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, dest)
+class ReportFile:
+    """Where ``--report`` goes, claimed before the conversion starts: a path that cannot
+    be written is an output error (exit 8) before anything is converted, not a failure
+    after the result is in place.  The document is written to ``DEST.tmp-PID``, created
+    now, and renamed over ``DEST`` at the end."""
+
+    def __init__(self, dest: str) -> None:
+        from .errors import OutputError
+
+        self.dest = dest
+        self._tmp: Optional[str] = None
+        self._fd = -1
+        if dest == "-":
+            return
+        if os.path.isdir(dest):
+            raise OutputError(f"--report {dest}: is a directory")
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        try:
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise OutputError(f"--report {dest}: cannot write: {exc.strerror}") from None
+        self._tmp = tmp
+
+    def write(self, doc: dict[str, Any]) -> None:
+        from .errors import OutputError
+
+        text = json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+        if self._tmp is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        tmp, self._tmp = self._tmp, None
+        try:
+            with os.fdopen(self._fd, "w", encoding="utf-8") as f:
+                self._fd = -1
+                f.write(text)
+            os.replace(tmp, self.dest)
+        except OSError as exc:
+            _unlink(tmp)
+            raise OutputError(f"--report {self.dest}: cannot write: {exc.strerror}") from None
+
+    def discard(self) -> None:
+        """Remove the temporary file (the run ends without a report: interrupted)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            _unlink(self._tmp)
+            self._tmp = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

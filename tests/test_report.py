@@ -224,6 +224,19 @@ def test_report_error_integrity(tmp_path: Path) -> None:
     check_golden_json("report-error-integrity.json", doc, Normaliser(tmp_path))
 
 
+@pytest.mark.parametrize("where", ["missing-dir/r.json", "/proc/r.json", "."])
+def test_a_report_path_that_cannot_be_written_fails_first_with_exit_8(tmp_path: Path, where: str) -> None:
+    """Found by an audit: the run converted, then failed writing the report (exit 70,
+    the output in place, a stray temporary file)."""
+    built = _report_image(tmp_path / "image.tar")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = ok(rootfs("convert", str(built.path), "-o", "out", "--report", where, cwd=work), 8)
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rootfs: error: --report {where}: "), lines
+    assert sorted(os.listdir(work)) == []
+
+
 def test_report_source_has_the_same_keys_on_error(tmp_path: Path) -> None:
     built = _report_image(tmp_path / "image.tar")
     good = json.loads(ok(rootfs("convert", str(built.path), "--flatten", str(tmp_path / "a.tar"), "--report", "-")).stdout)
