@@ -194,6 +194,10 @@ class Selector:
         for i, comp in enumerate(comps):
             last = i == len(comps) - 1
             nxt: list[tuple[Stack, list[Parts]]] = []
+            # directories a ``**`` of this step has already gone through, by the way
+            # there: a position below one expanded before adds nothing (without this,
+            # ``a/**/b/**`` over a deep tree grew with the cube of its depth)
+            expanded: dict[tuple[Parts, ...], set[int]] = {}
             for stack, links in positions:
                 if comp in (b"..", b"**"):
                     if comp == b"..":
@@ -201,7 +205,7 @@ class Selector:
                         reached = [stack[:-1] if len(stack) > 1 else stack]
                         way = links + [_parts(stack)] if len(stack) > 1 else links
                     else:
-                        reached = _descendant_dirs(stack)
+                        reached = _descendant_dirs(stack, expanded.setdefault(tuple(links), set()))
                         way = links
                     if last:  # the positions themselves match
                         matches.extend(_Match(s, way, _parts(s)) for s in reached)
@@ -319,13 +323,17 @@ def _walk(parts: Parts, node: Node) -> Iterator[tuple[Parts, Node]]:
                 stack.append((sub, child))
 
 
-def _descendant_dirs(stack: Stack) -> list[Stack]:
+def _descendant_dirs(stack: Stack, seen: set[int]) -> list[Stack]:
     """``stack`` and every directory below it, physically (no symlink followed), in
-    name order."""
+    name order; but none in ``seen`` (directory nodes by ``id``: a directory has one
+    place in the tree), nor below one, and those returned are added to it."""
     out: list[Stack] = []
     todo = [stack]
     while todo:
         s = todo.pop()
+        if id(s[-1][1]) in seen:
+            continue
+        seen.add(id(s[-1][1]))
         out.append(s)
         children = s[-1][1].children or {}
         for name in sorted(children, reverse=True):
