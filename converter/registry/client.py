@@ -40,6 +40,7 @@ from .. import __version__
 from ..digest import parse_digest
 from ..errors import ConverterError, IntegrityError, InputError, NotFoundError, RegistryError, UsageError
 from .auth import Authenticator, find_credentials
+from ..sources.archive import MAX_JSON
 from .reference import Reference, is_loopback_host
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +57,7 @@ MAX_REDIRECTS = 10
 #: how long the HTTPS probe of a registry that may be plain HTTP waits for a TLS answer
 PROBE_TIMEOUT = 10.0
 MAX_MANIFEST = 8 << 20
-MAX_CONFIG = 64 << 20
+MAX_CONFIG = MAX_JSON  # (parsed whole, as a layout's: see converter.sources.archive)
 #: loopback hosts never go through a proxy (as Go's net/http); tests of the proxy path lower it
 BYPASS_PROXY_FOR_LOOPBACK = True
 #: a drop after this much progress does not count against the retry budget

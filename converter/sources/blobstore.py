@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ..digest import parse_digest
 from ..errors import InputError, IntegrityError, NotFoundError
 from ..image import Blob, FileRegion, close_fd
-from .archive import MAX_JSON, TarArchive, open_region, parse_json
+from .archive import MAX_JSON, TarArchive, json_too_large, open_region, parse_json
 
 
 class BlobStore:
@@ -37,7 +37,7 @@ class BlobStore:
     def read_blob(self, digest: str, size: Optional[int], *, what: str) -> bytes:
         """Whole small blob, checked against digest and size before anyone parses it."""
         if size is not None and size > MAX_JSON:
-            raise InputError(f"{self.label}: {what} {digest} is {size} bytes, too large")
+            raise json_too_large(f"{self.label}: {what} {digest}", size)
         b = self.blob(digest, size, what=what)
         assert b.region is not None
         data = os.pread(b.region.fd, b.region.size, b.region.offset)
@@ -99,7 +99,7 @@ class DirectoryStore(BlobStore):
     def read_file(self, name: str, *, what: str) -> bytes:
         fd, size = self._open(name, what=what)
         if size > MAX_JSON:
-            raise InputError(f"{self.label}: {name} is too large ({size} bytes)")
+            raise json_too_large(f"{self.label}: {name}", size)
         return os.pread(fd, size, 0)
 
 

@@ -216,10 +216,28 @@ def _(where: Path) -> Path:
     return where / "layout"
 
 
-@case("index-json-size-2-to-the-63", InputError, needles=("too large",))
+@case("index-json-size-2-to-the-63", InputError, needles=("larger than any sane JSON document",))
 def _(where: Path) -> Path:
     write_oci_layout(where / "layout", _spec(), index_override=lambda d: json.dumps(d).replace('"size":', '"size":9223372036854775807,"s":').encode())
     return where / "layout"
+
+
+# (a 63 MB document was parsed whole: 1.6 GB of memory for a crafted one of tiny arrays)
+_BIG_JSON_PAD = b"[]," * ((4 << 20) // 3 + 1)
+
+
+@case("index-json-over-4-mib", InputError, needles=("index.json", "larger than any sane JSON document"))
+def _(where: Path) -> Path:
+    write_oci_layout(where / "layout", _spec(),
+                     index_override=lambda d: json.dumps(d).encode()[:-1] + b',"pad":[' + _BIG_JSON_PAD + b"[]]}")
+    return where / "layout"
+
+
+@case("manifest-json-over-4-mib", InputError, needles=("manifest.json", "larger than any sane JSON document"))
+def _(where: Path) -> Path:
+    write_docker_archive(where / "img.tar", _spec(),
+                         manifest_override=lambda m: b'[{"pad":[' + _BIG_JSON_PAD + b"[]]}]")
+    return where / "img.tar"
 
 
 @case("layer-descriptor-size-2-to-the-62", IntegrityError, needles=("layer 2",))
