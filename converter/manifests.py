@@ -105,7 +105,10 @@ def choose_platform(entries: list[Descriptor], want: Optional[Platform], *, what
         return (exact or matching)[0]
     if want is None and len(images) == 1 and images[0].platform is None:
         return images[0]
-    offered = ", ".join(sorted({str(e.platform) for e in images if e.platform})) or "none declared"
+    platforms = sorted({str(e.platform) for e in images if e.platform})
+    offered = ", ".join(platforms[:_LISTED]) or "none declared"
+    if len(platforms) > _LISTED:
+        offered += f" and {len(platforms) - _LISTED} more"
     raise NotFoundError(f"{what}: no image for platform {target} (available: {offered}); use --platform")
 
 
@@ -169,8 +172,16 @@ def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *
     raise UsageError(f"{what}: {len(hits)} images match {ref!r}; use a more specific reference or a digest")
 
 
+#: images named in a one-line error (`rootfs inspect` lists them all)
+_LISTED = 20
+
+
 def _list_names(candidates: list[tuple[list[str], Any]]) -> str:
     names = []
-    for i, (ns, _) in enumerate(candidates):
-        names.append(", ".join(ns) if ns else f"#{i + 1} (untagged)")
+    for i, (ns, _) in enumerate(candidates[:_LISTED]):
+        shown = ns[:_LISTED]
+        text = ", ".join(shown) + (f" (+{len(ns) - len(shown)} more names)" if len(ns) > len(shown) else "")
+        names.append(text if ns else f"#{i + 1} (untagged)")
+    if len(candidates) > _LISTED:
+        names.append(f"and {len(candidates) - _LISTED} more (see rootfs inspect)")
     return "; ".join(names)
