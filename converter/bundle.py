@@ -32,7 +32,7 @@ from .errors import InputError, OutputError, UsageError
 from .ids import IdMapper, IdRange
 from .image import Image
 from .merge import Plan
-from .sinks.atomic import begin_directory, commit, remove_path
+from .sinks.atomic import begin_directory, commit, discard
 from .sinks.directory import DirectoryOptions, DirResult, write_directory
 
 OCI_VERSION = "1.0.2"
@@ -275,7 +275,7 @@ def write_bundle(
         os.chmod(partial, bundle_mode(options.ids))
         commit(partial, dest)
     except BaseException:
-        remove_path(partial)
+        discard(partial)
         raise
     result.path = dest
     return result

@@ -115,3 +115,22 @@ def test_inspect_json_has_the_documented_top_level_keys() -> None:
     assert doc["reference"] == "sample/app:1.0"
     assert [layer["index"] for layer in doc["layers"]] == [1, 2, 3]
     assert doc["config"]["entrypoint"] == ["/usr/local/bin/app"]
+
+
+@pytest.mark.parametrize("how", ["-o", "--flatten", "--bundle"])
+def test_a_failed_run_removes_the_parent_directories_it_created(tmp_path: Path, how: str) -> None:
+    """Found by an audit: ``-o a/b/out`` created a/b, and a run that failed later left them."""
+    from converter.testing.imagegen import File, ImageSpec, Layer, blob_path, corrupt, write_oci_layout
+
+    built = write_oci_layout(tmp_path / "layout", ImageSpec([Layer([File("f", b"x" * 4000)], compression="none")],
+                                                          entrypoint=["/f"]), ref="v1")
+    corrupt(blob_path(built.path, built.layer_digests[0]), 600, b"Y")  # found only when verified, after writing
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kept").mkdir()  # an existing parent stays
+    r = rootfs("convert", f"oci:{tmp_path}/layout:v1", how, "kept/a/b/out", cwd=work)
+    assert r.returncode == 5, r.stderr
+    assert sorted(p.name for p in work.rglob("*")) == ["kept"]
+    ok = rootfs("convert", f"oci:{tmp_path}/layout:v1", how, "kept/a/b/out", "--no-verify", cwd=work)
+    assert ok.returncode == 0, ok.stderr
+    assert (work / "kept" / "a" / "b" / "out").exists()

@@ -1329,7 +1329,7 @@ def _refusing(monkeypatch: pytest.MonkeyPatch, name: str, err: int, when: Callab
     monkeypatch.setattr(os, name, refuse)
 
 
-@pytest.mark.parametrize("err", [errno.ENOTSUP, errno.EPERM])
+@pytest.mark.parametrize("err", [errno.ENOTSUP, errno.EPERM, errno.E2BIG, errno.ENOSPC, errno.ERANGE])
 def test_edge_67_xattrs_the_target_file_system_refuses_are_warned_about_and_the_rest_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
     _refusing(monkeypatch, "setxattr", err, lambda path, key, *a, **k: key.startswith("user.refused"))
@@ -1361,6 +1361,23 @@ def test_edge_73_a_symlinks_xattrs_never_reach_what_it_points_at(tmp_path: Path)
         # root is the node's own
         assert on_node == ({"trusted.x"} if IS_ROOT else set())
     assert {w.split(":")[0] for w in got.warnings("xattr-unsupported")} == {"'rel'", "'abs'", "'fifo'"}
+
+
+def test_edge_67_xattrs_the_kernel_refuses_are_warned_about_not_fatal(tmp_path: Path) -> None:
+    """Found by an audit: these ended the directory output with exit 8 while the
+    flattened tar kept them (a tar holds any value; the file system judges)."""
+    layer = [
+        File("too-big", b"1", xattrs={"user.big": b"x" * (200 << 10)}),  # over XATTR_SIZE_MAX: E2BIG
+        File("bad-acl", b"2", xattrs={"system.posix_acl_access": b"\x02\x00\x00\x00garbage"}),  # EINVAL
+        File("default-acl-on-a-file", b"3", xattrs={"system.posix_acl_default": _acl(
+            (0x01, 7, _NO_ID), (0x04, 5, _NO_ID), (0x20, 5, _NO_ID))}),  # only directories have one: EACCES
+        File("fine", b"4", xattrs={"user.ok": b"ok"}),
+    ]
+    got = run(image(layer), tmp_path, "dir")
+    assert got.listing == expect(F("bad-acl", b"2"), F("default-acl-on-a-file", b"3"), F("fine", b"4", xattrs={"user.ok": b"ok"}),
+                                 F("too-big", b"1"))
+    warned = sorted(w.split(":")[0] for w in got.warnings("xattr-unsupported"))
+    assert warned == ["'bad-acl'", "'default-acl-on-a-file'", "'too-big'"], got.warnings()
 
 
 @pytest.mark.parametrize("swap", ["dir", "parent"])

@@ -79,28 +79,97 @@ def remove_path(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
-    import shutil
-
-    def fix(func, p, exc):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(p)
-        try:
-            os.chmod(parent, 0o700)
-            os.chmod(p, 0o700, follow_symlinks=False) if os.path.isdir(p) and not os.path.islink(p) else None
-        except OSError:
-            pass
-        try:
-            if func in (os.rmdir, os.unlink):
-                func(p)
-            else:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
     try:
         os.chmod(path, 0o700)
     except OSError:
         pass
-    shutil.rmtree(path, onerror=fix)  # fd-based on Linux: never follows symlinks
+    _remove_tree(path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_tree(path: str) -> None:
+    """Empty and remove the directory ``path``, depth first, without recursion and with
+    one directory fd open at a time: an image may nest directories thousands deep
+    (``shutil.rmtree`` recurses, and failed past about 1,000 levels), deeper than the
+    fds a process may hold.  Each directory is opened relative to its parent with
+    O_NOFOLLOW, and the way back up is its ``..``."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        frames = [("", _empty_but_dirs(fd))]  # (name in the parent, subdirectories left)
+        while True:
+            name, left = frames[-1]
+            if left:
+                child = left.pop()
+                cfd = _open_dir(fd, child)
+                if cfd < 0:
+                    continue  # gone, or not a directory any more (removed as such)
+                os.close(fd)
+                fd = cfd
+                frames.append((child, _empty_but_dirs(fd)))
+                continue
+            frames.pop()
+            if not frames:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _empty_but_dirs(fd: int) -> list[str]:
+    """Unlink everything in the directory ``fd`` but its subdirectories; return those."""
+    try:
+        os.fchmod(fd, 0o700)  # (a read-only directory of the image: its entries must go)
+    except OSError:
+        pass
+    dirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.name)
+            else:
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+    return dirs
+
+
+def _open_dir(parent: int, name: str) -> int:
+    """``name`` in ``parent`` opened as a directory (made searchable first if it is not),
+    or -1 when it is gone or was replaced by a non-directory, which is then removed."""
+    for attempt in (0, 1):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            return -1
+        except NotADirectoryError:  # (a symlink, with O_NOFOLLOW: ELOOP is also possible)
+            break
+        except PermissionError:
+            if attempt:
+                raise
+            # a directory without read or search permission (mode 0 in the image, left
+            # so by a run without privileges): chmod the inode itself, reached through an
+            # O_PATH fd, never through a name a symlink could take
+            path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
+            finally:
+                os.close(path_fd)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            break
+    try:
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    return -1
 
 
 def check_destination(dest: str, *, force: bool, kind: str) -> None:
@@ -129,12 +198,46 @@ def check_destination(dest: str, *, force: bool, kind: str) -> None:
             raise OutputError(f"{dest}: exists (use --force to replace it)")
 
 
-def ensure_parent(dest: str) -> None:
+#: the missing parents of a destination created for its partial (see discard)
+_MADE_FOR: dict[str, list[str]] = {}
+
+
+def ensure_parent(dest: str) -> list[str]:
+    """Create the missing parents of ``dest``; return them, outermost first (a failed run
+    removes them again: see :func:`discard`)."""
     parent = os.path.dirname(os.path.abspath(dest))
+    missing = []
+    at = parent
+    while not os.path.lexists(at):
+        missing.append(at)
+        at = os.path.dirname(at)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
+        remove_made(missing[::-1])
         raise OutputError(f"{parent}: cannot create: {exc.strerror}") from None
+    return missing[::-1]
+
+
+def remove_made(made: list[str]) -> None:
+    """Remove directories :func:`ensure_parent` created, innermost first, while empty."""
+    for path in reversed(made):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+
+
+def remember_parents(partial: str, made: list[str]) -> None:
+    """Remember the parents :func:`ensure_parent` created for ``partial``'s destination."""
+    if made:
+        _MADE_FOR[partial] = made
+
+
+def discard(partial: str) -> None:
+    """Remove a partial output after a failure, and the parents created for it."""
+    remove_path(partial)
+    remove_made(_MADE_FOR.pop(partial, []))
 
 
 def _renameat2_exchange(a: str, b: str) -> bool:
@@ -165,6 +268,7 @@ def commit(partial: str, dest: str) -> None:
     old content removed afterwards, so there is no moment without a complete ``dest``."""
     global COMMITTED
     COMMITTED = True  # (before the rename: a signal in between must not report the old state)
+    _MADE_FOR.pop(partial, None)
     try:
         if os.path.lexists(dest):
             if _renameat2_exchange(partial, dest):
@@ -184,15 +288,17 @@ def commit(partial: str, dest: str) -> None:
 def begin_directory(dest: str, *, force: bool) -> str:
     """Check ``dest``, clear stale partials, and create the private partial directory the
     output is built in (mode 0700); returns its path.  ``dest`` must be absolute."""
-    ensure_parent(dest)
-    check_destination(dest, force=force, kind="dir")
-    remove_stale_partials(dest)
+    made = ensure_parent(dest)
     partial = partial_name(dest)
     try:
+        check_destination(dest, force=force, kind="dir")
+        remove_stale_partials(dest)
+        remember_parents(partial, made)
         os.mkdir(partial, 0o700)
     except OSError as exc:
+        discard(partial)
         raise OutputError(f"{dest}: cannot create {partial}: {exc.strerror}") from None
-    except BaseException:  # interrupted just after creating it (handlers run between bytecodes)
-        remove_path(partial)
+    except BaseException:  # (also: interrupted just after creating it; handlers run between bytecodes)
+        discard(partial)
         raise
     return partial

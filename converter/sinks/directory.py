@@ -32,7 +32,7 @@ from ..ids import IdMapper
 from ..merge import CHR, DIR, FIFO, LNK, REG, Events, Node, Plan
 from ..paths import Parts, join, show
 from ..staging import node_name
-from .atomic import begin_directory, commit, remove_path
+from .atomic import begin_directory, commit, discard
 
 #: a writer's unit of work: a directory (its path and node) and names of its children
 Job = tuple[Parts, Node, list[bytes]]
@@ -637,16 +637,22 @@ class DirectoryWriter:
                     path = b"/proc/self/fd/%d/%s" % (at[0], at[1])
                     os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as exc:
-                # (EINVAL for an ACL: without privileges, it names ids this user
-                # namespace does not map)
-                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EOPNOTSUPP) or (
-                        exc.errno == errno.EINVAL and key in acls.XATTRS and not self.privileged):
+                # what the file system or the kernel will not hold is reported, not fatal
+                # (DESIGN §4): no xattrs or not this namespace here, or not on this kind
+                # of file (EPERM: user.* on a symlink); a value too big (E2BIG, ERANGE) or
+                # no room left for xattrs on the inode (ENOSPC); a value the kernel refuses
+                # (EINVAL: a malformed ACL or capability, or an ACL naming ids this user
+                # namespace does not map; EACCES: a default ACL on a non-directory)
+                if exc.errno in _XATTR_REFUSED:
                     self.events.warn(
                         "xattr-unsupported", f"{show(parts)}: xattr {key} not kept: {exc.strerror}", path=_p(parts)
                     )
                     continue
                 raise OutputError(f"output {show(parts)}: cannot set xattr {key}: {exc.strerror}") from None
 
+
+_XATTR_REFUSED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE, errno.ENOSPC,
+                            errno.EINVAL, errno.EACCES})
 
 #: errors of mknod/mkfifo that mean "not allowed here" rather than a failing output
 _REFUSED = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -755,7 +761,7 @@ def write_directory(plan: Plan, dest: str, options: Optional[DirectoryOptions] =
         plan.verify()
         commit(partial, dest)
     except BaseException:
-        remove_path(partial)
+        discard(partial)
         raise
     writer.result.path = dest
     return writer.result
