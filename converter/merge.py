@@ -42,6 +42,14 @@ WH_META = b".wh..wh."
 WH_OPAQUE = b".wh..wh..opq"
 WH_PLINK = b".wh..wh.plnk"
 MAX_HOPS = 255
+#: directories deeper than this are refused: a path of more than 2,048 components is
+#: longer than PATH_MAX, so no tool that extracts or builds by path (Docker, containerd,
+#: BuildKit) makes or reads one, while a crafted layer of a megabyte could ask for a tree
+#: 30,000 deep: minutes of work and gigabytes to hold its names
+MAX_DEPTH = 2048
+#: parents deeper than this are resolved again for each entry instead of being kept in
+#: the layer's cache (their names would take 8 bytes a component each)
+_CACHED_DEPTH = 64
 #: layers read ahead of the one being applied, counting it
 #: parse in-place layers in helpers: None decides per image (see build_plan); tests force it
 PARSE_REMOTE: Optional[bool] = None
@@ -371,8 +379,9 @@ class Merger:
                 parent = self._resolve_dir(dirparts, entry, create=True, touch=True)
                 if parent is None:
                     return None  # the path leads under a whiteout name (see _resolve_dir)
-                self._dirs[dirparts] = parent
-                self._keepalive.append(parent)
+                if len(dirparts) <= _CACHED_DEPTH:
+                    self._dirs[dirparts] = parent
+                    self._keepalive.append(parent)
             self._pcache_key, self._pcache_node = dirparts, parent
         assert parent is not None
         children = parent.children
@@ -386,10 +395,13 @@ class Merger:
                 if existing.kind == DIR:
                     self._set_meta(existing, entry)
                     existing.implied = False
-                    self._dirs[parts] = existing
+                    if len(parts) <= _CACHED_DEPTH:
+                        self._dirs[parts] = existing
                     return None
                 self._forget_dirs()
-            children[base] = self._dirs[parts] = self._new_node(entry, DIR)
+            children[base] = node = self._new_node(entry, DIR)
+            if len(parts) <= _CACHED_DEPTH:
+                self._dirs[parts] = node
             return None
         if existing is not None and existing.kind in (DIR, LNK):
             self._forget_dirs()
@@ -581,6 +593,9 @@ class Merger:
                 self._touch(cur, name, implied_ns)
             stack.append(child)
             names.append(name)
+            if len(stack) > MAX_DEPTH:
+                raise LimitError(f"{self._what(entry)}: more than {MAX_DEPTH} directories deep (longer than any path "
+                                 "a system can name)")
         return stack[-1]
 
     # ----- whiteouts (the only place that knows them) -----------------------------------

@@ -86,9 +86,9 @@ class DirFds:
                 ) from None
             fds[parts[: j + 1]] = fd
             base = fd
-        while len(fds) > self.capacity:
-            _, old = fds.popitem(last=False)
-            os.close(old)
+            if len(fds) > self.capacity:  # (as it goes: a walk down a deep tree must not hold every level)
+                _, old = fds.popitem(last=False)
+                os.close(old)
         return fd
 
     def close(self) -> None:

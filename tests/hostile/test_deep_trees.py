@@ -127,3 +127,24 @@ def test_remove_path_takes_deep_unreadable_trees_without_following_links(tmp_pat
         remove_path(str(target))
         assert not target.exists()
     assert sorted(p.name for p in victim.iterdir()) == ["keep"] and os.path.isdir("/etc")
+
+
+@pytest.mark.parametrize("via", ["name", "symlink"])
+def test_a_tree_deeper_than_any_path_can_name_is_refused(tmp_path: Path, via: str) -> None:
+    """More than 2,048 directories (longer than PATH_MAX: nothing that extracts by path
+    makes one) is a limit error, found where the parent is resolved; a crafted layer of a
+    megabyte asked for 30,000 levels: 5.5 GB and the writer out of fds."""
+    from converter.errors import LimitError
+    from converter.merge import MAX_DEPTH
+
+    if via == "name":
+        entries: list[object] = [File("d/" * (MAX_DEPTH + 1) + "f", b"x")]
+    else:  # each name is short; the symlink makes the path deep
+        half = MAX_DEPTH // 2 + 10
+        entries = [Dir("d/" * half), Symlink("l", "/" + "d/" * half), File("l/" + "e/" * half + "f", b"x")]
+    write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=[Layer(entries)]))
+    for flatten in (False, True):
+        out = tmp_path / ("out.tar" if flatten else "out")
+        with pytest.raises(LimitError, match=f"more than {MAX_DEPTH} directories deep"):
+            convert(str(tmp_path / "img.tar"), out, flatten=flatten)
+        assert _siblings(tmp_path) == ["img.tar"]
