@@ -670,6 +670,8 @@ class TarReader:
                     if avail == 0 and ext is None:
                         self._at_end("eof")
                         return None
+                    if self._base + pos == 0:
+                        self._not_compressed(self._mv[pos:pos + avail].tobytes())
                     raise self._truncated("an extended header's entry" if avail == 0 else "a header")
             blk = self._mv[pos : pos + BLOCK].tobytes()
             self._pos = pos + BLOCK
@@ -795,7 +797,20 @@ class TarReader:
         except ValueError:
             stored = -1
         if stored < 0 or not _header_sum_ok(blk, stored):
+            if hdr_off == 0:
+                self._not_compressed(blk)
             raise self._format_error("bad tar header checksum", _cut(blk, 0, 100), hdr_off)
+
+    def _not_compressed(self, head: bytes) -> None:
+        """The stream's first bytes are not a tar header: say so plainly when they are
+        compressed data (a layer compressed twice, or a blob whose media type says
+        compressed and whose bytes were compressed again), rather than "truncated" or
+        "bad checksum"."""
+        from ..compression import NONE, sniff
+
+        kind = sniff(head)
+        if kind is not None and kind != NONE:
+            raise self._format_error(f"not a tar: the data is {kind}-compressed (compressed twice?)", None, 0)
 
     def _field_error(self, field: str, blk: bytes, hdr_off: int, raw: bytes) -> TarFormatError:
         return self._format_error(f"invalid {field} field {raw!r} in tar header", _cut(blk, 0, 100), hdr_off)

@@ -41,6 +41,7 @@ from converter.testing.imagegen import (
     Raw,
     blob_path,
     compress,
+    layer_tar,
     write_docker_archive,
     write_oci_layout,
 )
@@ -220,6 +221,22 @@ def _(where: Path) -> Path:
 def _(where: Path) -> Path:
     write_oci_layout(where / "layout", _spec(), index_override=lambda d: json.dumps(d).replace('"size":', '"size":9223372036854775807,"s":').encode())
     return where / "layout"
+
+
+def _compressed_twice(outer: str, inner: str, size: int) -> Callable[[Path], Path]:
+    def build(where: Path) -> Path:
+        twice = compress(layer_tar(Layer([File("a", os.urandom(size))])), inner)
+        write_oci_layout(where / "layout", ImageSpec(layers=[Layer(raw=twice, compression=outer)]))
+        return where / "layout"
+
+    return build
+
+
+# a layer compressed twice: said plainly (was "truncated tar" when the inner stream was
+# under 512 bytes, "bad tar header checksum" otherwise)
+for _outer, _inner, _size in (("gzip", "gzip", 10), ("zstd", "xz", 10), ("gzip", "zstd", 5000), ("zstd", "bzip2", 5000)):
+    case(f"layer-{_inner}-inside-{_outer}-{_size}", InputError,
+         needles=("layer 1", f"not a tar: the data is {_inner}-compressed"))(_compressed_twice(_outer, _inner, _size))
 
 
 # (a 63 MB document was parsed whole: 1.6 GB of memory for a crafted one of tiny arrays)
