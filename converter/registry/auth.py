@@ -376,9 +376,13 @@ class Authenticator:
         assert self._bearer is not None
         params = self._bearer.params
         realm = params["realm"]
-        parsed = urllib.parse.urlsplit(realm)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise RegistryError(f"registry {self.registry} names an invalid token realm {realm!r}")
+        try:
+            parsed = urllib.parse.urlsplit(realm)
+            hostname = parsed.hostname
+        except ValueError:
+            hostname = None
+        if not hostname or parsed.scheme not in ("http", "https"):
+            raise RegistryError(f"registry {self.registry} names an invalid token realm {realm[:200]!r}")
         creds = self.credentials
         if creds is not None and parsed.scheme == "http" and not (self._insecure or is_loopback_host(parsed.hostname)):
             raise RegistryError(
@@ -418,9 +422,14 @@ class Authenticator:
             token = obj.get("token") or obj.get("access_token")
             if not isinstance(token, str) or not token:
                 raise ValueError("no token in the response")
+            if not (token.isascii() and token.isprintable()) or " " in token:
+                # (it goes into an HTTP header: never repeated in the message)
+                raise ValueError("the token has characters a header cannot carry")
             expires_in = obj.get("expires_in", 60)
             if not isinstance(expires_in, (int, float)) or expires_in <= 0:
                 expires_in = 60
+        except RecursionError:
+            raise RegistryError(f"token service {realm} for {self.what} sent a malformed answer: JSON nested too deeply") from None
         except (ValueError, AttributeError) as exc:
             raise RegistryError(f"token service {realm} for {self.what} sent a malformed answer: {exc}") from None
         self._token = token

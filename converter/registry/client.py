@@ -56,13 +56,39 @@ RETRY_AFTER_MAX = 30.0
 MAX_REDIRECTS = 10
 #: how long the HTTPS probe of a registry that may be plain HTTP waits for a TLS answer
 PROBE_TIMEOUT = 10.0
-MAX_MANIFEST = 8 << 20
-MAX_CONFIG = MAX_JSON  # (parsed whole, as a layout's: see converter.sources.archive)
+MAX_MANIFEST = MAX_CONFIG = MAX_JSON  # (parsed whole, as a layout's: see converter.sources.archive)
 #: loopback hosts never go through a proxy (as Go's net/http); tests of the proxy path lower it
 BYPASS_PROXY_FOR_LOOPBACK = True
 #: a drop after this much progress does not count against the retry budget
 RESUME_PROGRESS_RESET = 1 << 20
 MAX_RESUMES = 100
+#: a response slower than this for a whole socket timeout (30 s) is a stalled one, as
+#: curl's --speed-limit: a server dripping a byte every few seconds never trips the
+#: timeout of each read, and would hold the run for days
+LOW_SPEED = 1024  # bytes a second
+
+
+class Stalled(socket.timeout):
+    """A response that still sends, but too slowly to be worth waiting for (retried and
+    resumed like a timeout)."""
+
+
+class _SpeedWatch:
+    """Raises :class:`Stalled` when fewer than LOW_SPEED bytes a second arrived over the
+    last ``window`` seconds."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.start = time.monotonic()
+        self.count = 0
+
+    def got(self, n: int) -> None:
+        self.count += n
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.window:
+            if self.count < LOW_SPEED * elapsed:
+                raise Stalled(f"less than {LOW_SPEED} bytes a second for {elapsed:.0f} s")
+            self.start, self.count = time.monotonic(), 0
 
 #: OpenSSL reasons meaning "the peer does not speak TLS at all" (a plain-HTTP server)
 _NOT_TLS_REASONS = frozenset(
@@ -101,6 +127,14 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None  # an HTTP date: use our own backoff
 
 
+def unusable(what: str, exc: ValueError) -> RegistryError:
+    """What http.client and urllib refuse in an address or a header the registry sent (a
+    redirect to a malformed host, a token with a line break, a name the IDNA codec
+    rejects): a registry error that never repeats the value, which may be a token."""
+    return RegistryError(f"{what}: the registry sent an address or a credential that cannot be used "
+                         f"({type(exc).__name__})")
+
+
 def error_detail(body: bytes) -> str:
     """The registry's ``{"errors": [{"code", "message"}]}`` as one short string."""
     try:
@@ -113,7 +147,7 @@ def error_detail(body: bytes) -> str:
             parts.append(f"{code}: {msg}" if code and msg else code or msg)
         if parts:
             return "; ".join(p for p in parts if p)[:300]
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         pass
     text = body[:200].decode("utf-8", "replace").strip().splitlines()
     return text[0] if text else ""
@@ -123,7 +157,7 @@ def _error_codes(body: bytes) -> set[str]:
     try:
         obj = json.loads(body)
         return {str(e.get("code", "")) for e in obj.get("errors") or [] if isinstance(e, dict)}
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return set()
 
 
@@ -176,7 +210,7 @@ class Response:
             self.close()
             raise InputError(f"{what}: {length} bytes is larger than the {limit}-byte limit")
         try:
-            data = self.raw.read(limit + 1)
+            data = self._read(limit + 1)
         except (OSError, http.client.HTTPException):
             self._drop()
             raise
@@ -186,6 +220,18 @@ class Response:
         self.close()
         return data
 
+    def _read(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of the body, piece by piece under a :class:`_SpeedWatch`."""
+        watch = _SpeedWatch(self._client.options.timeout)
+        out = bytearray()
+        while len(out) < limit:
+            piece = self.raw.read1(min(1 << 16, limit - len(out)))
+            if not piece:
+                break
+            out += piece
+            watch.got(len(piece))
+        return bytes(out)
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -193,9 +239,10 @@ class Response:
 
     def drain(self, limit: int = 1 << 16) -> bytes:
         try:
-            data = self.raw.read(limit)
+            data = self._read(limit)
         except (OSError, http.client.HTTPException):
-            data = b""
+            self._drop()
+            return b""
         self.close()
         return data
 
@@ -323,6 +370,22 @@ class RegistryClient:
     ) -> Response:
         """One logical request: redirects, authentication and retries included.  Returns a
         response whose status is in ``ok``; otherwise raises a one-line error."""
+        try:
+            return self._request(method, url, headers=headers, what=what, body=body, ok=ok, registry_auth=registry_auth)
+        except ValueError as exc:
+            raise unusable(what, exc) from None
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Optional[dict[str, str]],
+        what: str,
+        body: Optional[bytes],
+        ok: tuple[int, ...],
+        registry_auth: bool,
+    ) -> Response:
         headers = dict(headers or {})
         attempt = 0
         auth_rounds = 0
@@ -405,6 +468,14 @@ class RegistryClient:
     def _token_fetch(self, method: str, url: str, headers: dict[str, str], body: Optional[bytes]) -> tuple[int, dict[str, str], bytes]:
         """Transport for the authenticator: no registry Authorization, no redirects
         followed with credentials (a redirect is returned as it is and fails there)."""
+        try:
+            return self._token_fetch_once(method, url, headers, body)
+        except ValueError as exc:
+            raise unusable("token service", exc) from None
+        except InputError as exc:  # (a body over the limit: the registry's failure, not the image's)
+            raise RegistryError(str(exc)) from None
+
+    def _token_fetch_once(self, method: str, url: str, headers: dict[str, str], body: Optional[bytes]) -> tuple[int, dict[str, str], bytes]:
         attempt = 0
         while True:
             try:
@@ -615,6 +686,8 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, Stalled):
+        return f"stalled: {exc}"
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, http.client.IncompleteRead):
@@ -656,6 +729,7 @@ class _BlobReader(io.RawIOBase):
         self._since_failure = 0
         self._started = False
         self._done = False
+        self._watch = _SpeedWatch(client.options.timeout)
         self.resumed_at: list[int] = []
 
     def readable(self) -> bool:
@@ -682,6 +756,7 @@ class _BlobReader(io.RawIOBase):
                 continue
             self._source = (url, is_registry)
             self._accept(resp)
+            self._watch = _SpeedWatch(self._client.options.timeout)
             return
         assert last is not None
         raise last
@@ -736,10 +811,16 @@ class _BlobReader(io.RawIOBase):
                 self._open()
             assert self._resp is not None
             try:
-                n = self._resp.raw.readinto(view)
+                # what one receive brings (HTTPResponse.readinto waits until the whole
+                # buffer is full: a dripping server would never let the watch look)
+                piece = self._resp.raw.read1(len(view))
+                n = len(piece)
+                view[:n] = piece
                 error: Optional[BaseException] = None
                 if n == 0 and self._end is not None and self._pos < self._end:
                     error = http.client.IncompleteRead(b"", self._end - self._pos)
+                elif n:
+                    self._watch.got(n)
             except (OSError, http.client.HTTPException) as exc:
                 n, error = 0, exc
             if error is not None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..digest import parse_digest
 from ..errors import InputError, IntegrityError, NotFoundError
 from ..image import Blob, Image, Layer, Platform
+from ..sources.archive import MAX_JSON, parse_json
 from ..manifests import (
     DOCKER_CONFIG,
     INDEX_TYPES,
@@ -92,29 +92,40 @@ def fetch_manifest(client: RegistryClient, reference: str, *, expect: Optional[D
                 raise IntegrityError(f"{what}: manifest bytes do not match the registry's Docker-Content-Digest {header_digest}")
     if expect is not None and expect.size != len(data):
         raise IntegrityError(f"{what}: manifest is {len(data)} bytes, its index entry says {expect.size}")
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise InputError(f"{what}: manifest is not valid JSON: {exc}") from None
+    doc = parse_json(data, what=f"{what}: manifest")
     kind = kind_of(doc, ctype, what=f"{ref.name}: manifest {digest}")
     media_type = doc.get("mediaType") if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str) else ctype
     return FetchedManifest(data, digest, media_type, doc, kind, expect.platform if expect else None)
 
 
-def expand_index(client: RegistryClient, index: FetchedManifest, *, depth: int = 0) -> list[tuple[Descriptor, list[FetchedManifest]]]:
+def expand_index(client: RegistryClient, index: FetchedManifest, *, depth: int = 0,
+                 fetched: Optional[dict[str, FetchedManifest]] = None) -> list[tuple[Descriptor, list[FetchedManifest]]]:
     """The image entries of an index, nested indexes flattened (an entry without a platform
-    takes its nested index's).  Each entry comes with the chain of nested indexes above it."""
+    takes its nested index's).  Each entry comes with the chain of nested indexes above it.
+
+    Each nested index is fetched once however often it is listed, and all of them together
+    may take no more than MAX_JSON bytes: they are held parsed while a platform is chosen,
+    and a 2 KB index naming the same crafted 8 MiB one a dozen times took 2.4 GB."""
     if depth > MAX_INDEX_DEPTH:
         raise InputError(f"{client.ref.name}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+    if fetched is None:
+        fetched = {}
     out: list[tuple[Descriptor, list[FetchedManifest]]] = []
     for entry in index_entries(index.doc, what=f"{client.ref.name}: index {index.digest}"):
         if entry.media_type in INDEX_TYPES and not entry.is_attestation:
-            nested = fetch_manifest(client, entry.digest, expect=entry)
+            nested = fetched.get(entry.digest)
+            if nested is None:
+                nested = fetch_manifest(client, entry.digest, expect=entry)
+                fetched[entry.digest] = nested
+                if sum(len(m.data) for m in fetched.values()) > MAX_JSON:
+                    raise InputError(f"{client.ref.name}: its nested indexes take more than {MAX_JSON >> 20} MiB in all")
+            else:
+                nested = dataclasses.replace(nested)  # (its own platform, below)
             if nested.kind != "index":
                 raise InputError(f"{client.ref.name}: {entry.digest} is listed as an index but is a {nested.kind}")
             if entry.platform is not None and nested.platform is None:
                 nested.platform = entry.platform
-            for child, chain in expand_index(client, nested, depth=depth + 1):
+            for child, chain in expand_index(client, nested, depth=depth + 1, fetched=fetched):
                 if child.platform is None and entry.platform is not None:
                     child = dataclasses.replace(child, platform=entry.platform)
                 out.append((child, [nested, *chain]))
@@ -163,10 +174,7 @@ def load_image_manifest(client: RegistryClient, manifest: FetchedManifest, *, wh
         raise InputError(f"{what}: manifest has no 'layers' list")
     layers = [descriptor(obj, what=f"{what}: layer {i + 1}") for i, obj in enumerate(raw_layers)]
     config_data = client.get_blob_bytes(cdesc.digest, cdesc.size, what=f"{what}: config")
-    try:
-        config = json.loads(config_data)
-    except ValueError as exc:
-        raise InputError(f"{what}: config {cdesc.digest} is not valid JSON: {exc}") from None
+    config = parse_json(config_data, what=f"{what}: config {cdesc.digest}")
     diff_ids = config_diff_ids(config, what=what)
     if len(diff_ids) != len(layers):
         raise InputError(f"{what}: the manifest lists {len(layers)} layers but the config has {len(diff_ids)} diff_ids")

@@ -295,11 +295,16 @@ class RegistryProcess:
 Route = Callable[["http.server.BaseHTTPRequestHandler"], Optional[tuple[int, dict[str, str], bytes]]]
 
 
+#: what a route callable returns when it wrote the whole response itself
+HANDLED = object()
+
+
 class FakeServer:
     """A tiny HTTP/1.1 server: ``routes[path]`` is ``(status, headers, body)`` or a callable
     returning one (or None for 404).  ``fail[path]`` is a list of statuses to answer first
     (e.g. ``[503, 429]``).  Every request is recorded with its headers.  ``require_basic``
-    makes every ``/v2/`` request without the right Basic credentials a 401."""
+    makes every ``/v2/`` request without the right Basic credentials a 401.  A route callable
+may write its response itself and return :data:`HANDLED`."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -367,6 +372,8 @@ class FakeServer:
                 route = fake.routes.get(path)
                 if callable(route):
                     route = route(self)
+                if route is HANDLED:  # (the callable wrote the response itself)
+                    return
                 if route is None:
                     code = b"BLOB_UNKNOWN" if "/blobs/" in path else b"MANIFEST_UNKNOWN"
                     self._send(404, {"Content-Type": "application/json"},

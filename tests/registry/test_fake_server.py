@@ -296,3 +296,103 @@ def test_forbidden(fake: FakeServer, simple) -> None:
     msg = str(e.value)
     assert msg.startswith(f"access denied to {fake.netloc}/x/app for user bob")
     assert "DENIED" in msg and "pw" not in msg.replace("for user bob", "")
+
+
+# ----------------------------------------------------------------- hostile registries
+# (found by an audit with a raw-socket registry: each ended with exit 70, one printing
+# the token, or held memory or the run without bound)
+
+
+@pytest.mark.parametrize("what", ["manifest", "config"])
+def test_json_nested_too_deeply_is_bad_input(fake: FakeServer, simple, what: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    if what == "manifest":
+        fake.add_manifest("x/app", "v1", deep, "application/vnd.oci.image.manifest.v1+json")
+    else:
+        fake.add_blob("x/app", simple.config_digest, deep)  # (its digest no longer matches: that is checked first)
+        fake.routes[f"/v2/x/app/blobs/{simple.config_digest}"] = (200, {}, deep)
+    with pytest.raises((InputError, IntegrityError)) as e:
+        open_registry_image(f"{fake.netloc}/x/app:v1")
+    assert what in str(e.value)
+
+
+def test_deeply_nested_json_in_an_error_body_is_only_shown_cut(fake: FakeServer) -> None:
+    fake.routes["/v2/x/app/manifests/v1"] = (404, {"Content-Type": "application/json"}, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(NotFoundError) as e:
+        open_registry_image(f"{fake.netloc}/x/app:v1")
+    assert len(str(e.value)) < 400
+
+
+def _bearer(fake: FakeServer, token: str) -> None:
+    """Every /v2/ request needs a bearer token, which /token hands out."""
+    realm = f'Bearer realm="{fake.url}/token",service="fake"'
+
+    def v2(handler) -> tuple:
+        if handler.headers.get("Authorization") == "Bearer ok":
+            return (200, {}, b"{}")
+        return (401, {"WWW-Authenticate": realm}, b"")
+
+    fake.routes["/v2/"] = v2
+    fake.routes["/v2/x/app/manifests/v1"] = v2
+    fake.routes["/token"] = (200, {"Content-Type": "application/json"}, json.dumps({"token": token}).encode())
+
+
+@pytest.mark.parametrize("token", ["SECRET\r\nX-Injected: 1", "SECRET-\u00e9t\u00e9", "SECRET with spaces"])
+def test_a_token_no_header_can_carry_is_refused_and_never_shown(fake: FakeServer, token: str) -> None:
+    _bearer(fake, token)
+    with pytest.raises(RegistryError) as e:
+        open_registry_image(f"{fake.netloc}/x/app:v1")
+    assert "malformed" in str(e.value) and "SECRET" not in str(e.value)
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://127.0.0.1:1/caf\u00e9", "http://" + "a" * 64 + ".example/x"])
+def test_a_redirect_to_an_unusable_address_is_a_registry_error(fake: FakeServer, simple, location: str) -> None:
+    fake.routes[f"/v2/x/app/blobs/{simple.config_digest}"] = (307, {"Location": location}, b"")
+    with pytest.raises(RegistryError, match="an address or a credential that cannot be used"):
+        open_registry_image(f"{fake.netloc}/x/app:v1")
+
+
+def test_a_nested_index_listed_many_times_is_fetched_once(fake: FakeServer, tmp_path: Path) -> None:
+    built = write_oci_layout(tmp_path / "layout", [(AMD64, "v1"), (ARM64, None)], index="nested")
+    top = serve_layout(fake, tmp_path / "layout", "x/nested", "v1")
+    doc = json.loads((tmp_path / "layout" / "blobs" / "sha256" / top["digest"][7:]).read_bytes())
+    nested = [m for m in doc["manifests"] if "index" in m["mediaType"]]
+    assert nested
+    doc["manifests"] = nested * 12
+    fake.add_manifest("x/nested", "v1", json.dumps(doc).encode(), top["mediaType"])
+    with open_registry_image(f"{fake.netloc}/x/nested:v1", platform=Platform.parse("linux/amd64")) as img:
+        assert img.manifest_digest == built[0].manifest_digest
+    assert sum(r["path"] == f"/v2/x/nested/manifests/{nested[0]['digest']}" for r in fake.requests) == 1
+
+
+@pytest.mark.parametrize("what", ["manifest", "layer"])
+def test_a_response_that_drips_is_given_up_as_stalled(fake: FakeServer, simple, what: str) -> None:
+    """A byte now and then never trips the timeout of each read: under 1 KiB/s for a whole
+    timeout is a stall, retried like a timeout and then a registry error."""
+    import time
+
+    from .servers import HANDLED
+
+    path = "/v2/x/app/manifests/v1" if what == "manifest" else f"/v2/x/app/blobs/{simple.layer_digests[0]}"
+    status, headers, body = fake.routes[path]
+
+    def drip(handler) -> object:
+        handler.send_response(status)
+        for k, v in headers.items():
+            handler.send_header(k, v)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        try:
+            for i in range(len(body)):
+                handler.wfile.write(body[i:i + 1])
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # (the client gave up)
+        return HANDLED
+
+    fake.routes[path] = drip
+    with pytest.raises(RegistryError, match="stalled"):
+        with open_registry_image(f"{fake.netloc}/x/app:v1", options=RegistryOptions(timeout=1.0, retries=1)) as img:
+            with img.layers[0].blob.open() as f:
+                f.read()
