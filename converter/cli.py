@@ -183,7 +183,8 @@ def convert(
     keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Per-entry decisions (whiteouts, skips)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, metavar="", show_default=False,
+                                 help="Per-entry decisions (whiteouts, skips) and every warning, not one a kind."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Convert an image to a directory (-o) or one flattened tar (--flatten)."""
@@ -205,6 +206,11 @@ def convert(
             events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
         if report == "-" and flatten == "-":
             raise UsageError("--report - and --flatten - cannot both use stdout")
+        # (as gzip and zstd do: binary data is never meant for a terminal)
+        if flatten == "-" and sys.stdout.isatty():
+            raise UsageError("--flatten -: standard output is a terminal; redirect or pipe the tar")
+        if source == "-" and sys.stdin.isatty():
+            raise UsageError("source -: standard input is a terminal; redirect or pipe the image into it")
         report_file = None
         if report:
             from .report import ReportFile
@@ -643,6 +649,7 @@ def pull_command(
     to: str = typer.Option(..., "--to", help="oci:DIR[:TAG] (an OCI layout, blobs shared between images) or docker-archive:FILE."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] (default: this host)."),
     all_platforms: bool = typer.Option(False, "--all-platforms", help="oci: only: keep the whole index, every platform."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing docker-archive file."),
     creds: Optional[str] = CREDS,
     authfile: Optional[str] = AUTHFILE,
     insecure: bool = INSECURE,
@@ -662,7 +669,7 @@ def pull_command(
         try:
             result = pull(
                 ref.removeprefix("docker://"), to, platform=Platform.parse(platform) if platform else None,
-                all_platforms=all_platforms,
+                all_platforms=all_platforms, force=force,
                 options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
             )
         finally:

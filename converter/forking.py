@@ -9,6 +9,7 @@ writer are Python code holding one GIL, while the cores are free.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -78,6 +79,8 @@ def error_from_wire(payload: dict[str, Any], default: type[Exception]) -> BaseEx
     message = str(payload.get("message", ""))
     if name == "KeyboardInterrupt":
         return KeyboardInterrupt()
+    if name == "BrokenPipeError":  # (the reader of standard output went away: see cli.run_guarded)
+        return BrokenPipeError(errno.EPIPE, message)
     cls = _converter_errors().get(name)
     if cls is not None:
         return cls(message)

@@ -134,3 +134,25 @@ def test_a_failed_run_removes_the_parent_directories_it_created(tmp_path: Path, 
     ok = rootfs("convert", f"oci:{tmp_path}/layout:v1", how, "kept/a/b/out", "--no-verify", cwd=work)
     assert ok.returncode == 0, ok.stderr
     assert (work / "kept" / "a" / "b" / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["stdout", "stdin"])
+def test_binary_data_is_never_written_to_or_read_from_a_terminal(tmp_path: Path, where: str) -> None:
+    """Found by a review: `--flatten -` on a terminal poured the tar onto it, and `convert -`
+    waited silently on a terminal's input."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        if where == "stdout":
+            args, kw = ["convert", str(SAMPLE), "--flatten", "-"], {"stdout": slave}
+        else:
+            args, kw = ["convert", "-", "-o", str(tmp_path / "out")], {"stdin": slave, "stdout": subprocess.PIPE}
+        full_env = {**os.environ, "NO_COLOR": "1"}
+        p = subprocess.run([sys.executable, "-m", "converter", *args], stderr=subprocess.PIPE, text=True, env=full_env,
+                           **kw)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert p.returncode == 2 and "is a terminal" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()

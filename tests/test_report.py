@@ -622,3 +622,18 @@ def test_closed_pipe_is_a_quiet_exit(images: dict[str, str], args: list[str]) ->
         os.close(write_end)
     # quiet, and not a success: the output was cut short (141 is what a SIGPIPE-killed tool gives)
     assert p.stderr == b"" and p.returncode not in (0, 70), (p.returncode, p.stderr)
+
+
+def test_a_flattened_tar_to_a_closed_pipe_is_a_quiet_exit(tmp_path: Path) -> None:
+    """`rootfs convert X --flatten - | head`: the tar is written by a forked assembler,
+    whose broken pipe used to come back as 'standard output: write failed' (exit 8)."""
+    src = tmp_path / "big.tar"
+    write_docker_archive(src, ImageSpec([Layer([File("big", os.urandom(3 << 20)), File("small", b"x")])]))
+    args = ["convert", str(src), "--flatten", "-"]
+    p = subprocess.Popen([sys.executable, "-m", "converter", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=cli_env())
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.read(1000)  # like `head -c 1000`
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait() == 141 and b"error" not in err, (p.returncode, err)

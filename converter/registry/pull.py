@@ -84,12 +84,19 @@ def pull(
     platform: Optional[Platform] = None,
     all_platforms: bool = False,
     options: RegistryOptions = RegistryOptions(),
+    force: bool = False,
 ) -> PullResult:
-    """Copy ``ref`` from its registry to ``dest`` (see the module docstring)."""
+    """Copy ``ref`` from its registry to ``dest`` (see the module docstring).  An existing
+    docker-archive file is replaced only with ``force`` (an OCI layout takes more images)."""
     kind, path, name = parse_destination(dest)
     reference = parse_reference(ref)
     if kind == "docker-archive" and all_platforms:
         raise UsageError("docker-archive holds one image per name: --all-platforms needs an oci: destination")
+    if kind == "docker-archive":
+        if path == "-":
+            raise UsageError("docker-archive:- : pull writes a file (convert streams to standard output)")
+        if os.path.lexists(path) and not os.path.isdir(path) and not force:
+            raise OutputError(f"{path}: exists (use --force to replace it)")
     client = RegistryClient(reference, options)
     try:
         if kind == "oci":

@@ -175,6 +175,8 @@ class _PipedOut:
             os.close(w)
             try:
                 _assemble(r, _Out(fd, kind, level))
+            except BrokenPipeError:
+                raise  # the reader of standard output went away: the CLI stops quietly
             except OSError as exc:
                 raise OutputError(f"{what}: no space left on the device" if exc.errno == 28
                                   else f"{what}: write failed: {exc.strerror}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.errors import NotFoundError, RegistryError, UsageError
+from converter.errors import NotFoundError, OutputError, RegistryError, UsageError
 from converter.image import Platform
 from converter.registry import RegistryOptions, open_registry_image, pull
 
@@ -337,6 +337,22 @@ def test_pull_docker_archive_with_name(env: Env, tmp_path: Path) -> None:
     pull(env.images["app"].ref, f"docker-archive:{out}:example/app:2.0")
     with tarfile.open(out) as tar:
         assert json.load(tar.extractfile("manifest.json"))[0]["RepoTags"] == ["example/app:2.0"]
+
+
+def test_pull_keeps_an_existing_file_unless_forced(env: Env, tmp_path: Path) -> None:
+    """Found by a review: pull replaced an existing file silently (convert refuses, exit 8)."""
+    from converter.sources import open_image
+
+    out = tmp_path / "precious.tar"
+    out.write_bytes(b"someone's data")
+    with pytest.raises(OutputError, match="exists .use --force"):
+        pull(env.images["app"].ref, f"docker-archive:{out}")
+    assert out.read_bytes() == b"someone's data"
+    pull(env.images["app"].ref, f"docker-archive:{out}", force=True)
+    with open_image(f"docker-archive:{out}") as img:
+        assert img.layers
+    with pytest.raises(UsageError, match="pull writes a file"):
+        pull(env.images["app"].ref, "docker-archive:-")
 
 
 def test_interrupted_docker_archive_leaves_nothing(env: Env, cutting_proxy: TcpProxy, tmp_path: Path) -> None:
