@@ -261,6 +261,23 @@ def test_bare_path_with_ref(tmp_path: Path) -> None:
     assert file_content(listing, "which") == sha(b"b")
 
 
+@pytest.mark.parametrize("prefix", ["", "docker-archive:"])
+def test_the_reference_in_the_source_wins_over_ref_and_rootfs_ref(tmp_path: Path, prefix: str) -> None:
+    """Found by a review: ROOTFS_REF (or --ref) silently replaced the image named in
+    PATH:REF.  The source argument names it more precisely."""
+    from converter.sources import parse_spec
+
+    a = ImageSpec([Layer([File("which", b"a")])])
+    b = ImageSpec([Layer([File("which", b"b")])])
+    source = write_image("docker-legacy", tmp_path, [(a, ["app/a:1"]), (b, ["app/b:2"])])
+    assert parse_spec(f"{prefix}{source}:app/b:2", ref="app/a:1").ref == "app/b:2"
+    assert parse_spec(f"{prefix}{source}", ref="app/a:1").ref == "app/a:1"
+    r = subprocess.run([sys.executable, "-m", "converter", "convert", f"{prefix}{source}:app/b:2", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, env={**os.environ, "ROOTFS_REF": "app/a:1"})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "which").read_bytes() == b"b"
+
+
 def test_docker_archive_transport_on_oci_archive_is_refused(tmp_path: Path) -> None:
     """An explicit transport is obeyed, not second-guessed."""
     source = write_image("oci-archive", tmp_path, ImageSpec(base_layers()))

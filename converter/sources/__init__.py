@@ -49,13 +49,13 @@ def parse_spec(text: str, *, ref: Optional[str] = None) -> SourceSpec:
             if os.path.exists(rest) or ":" not in rest:
                 return SourceSpec(transport, rest, ref)
             path, _, embedded = rest.partition(":")
-            return SourceSpec(transport, path, ref or embedded or None)
+            return SourceSpec(transport, path, embedded or ref or None)  # (the source argument is the more specific)
     if text == "-" or os.path.exists(text):
         return SourceSpec(None, text, ref)
     if ":" in text:  # PATH:REF for a bare path that exists
         path, _, embedded = text.partition(":")
         if path and os.path.exists(path):
-            return SourceSpec(None, path, ref or embedded or None)
+            return SourceSpec(None, path, embedded or ref or None)
     hint = ""
     if not text.startswith(("/", ".", "~")) and "/" not in text.split(":", 1)[0][:1]:
         hint = f" (to pull from a registry, write docker://{text})"
