@@ -170,6 +170,10 @@ def convert(
             if not env.isdigit():
                 raise UsageError(f"SOURCE_DATE_EPOCH={env!r}: expected a number of seconds")
             source_date_epoch = int(env)
+    if flatten and out != "-":
+        from .sinks.tar import compression_for
+
+        compression_for(out)  # (an unsupported suffix is refused before any work)
     spool_dir = None
     if out != "-":
         spool_dir = os.path.dirname(os.path.abspath(out))

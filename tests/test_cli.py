@@ -156,3 +156,11 @@ def test_binary_data_is_never_written_to_or_read_from_a_terminal(tmp_path: Path,
         os.close(master)
     assert p.returncode == 2 and "is a terminal" in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["root.tar.bz2", "root.tbz2", "root.tar.lz4"])
+def test_a_compression_suffix_this_tool_does_not_write_is_refused(tmp_path: Path, name: str) -> None:
+    """Found by a review: --flatten f.tar.bz2 wrote a plain tar under that name."""
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / name))
+    assert r.returncode == 2 and "output is not supported" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []

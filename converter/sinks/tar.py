@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Optional, Union
 
 from .. import acls
-from ..errors import LimitError, OutputError
+from ..errors import LimitError, OutputError, UsageError
 from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
@@ -55,6 +55,11 @@ class TarResult:
     compression: str = "none"
 
 
+#: suffixes of compressors this sink does not write: refused rather than ignored (a
+#: plain tar named .bz2 would fail later, far from here)
+_UNSUPPORTED = (".bz2", ".tbz", ".tbz2", ".lz4", ".lzma", ".lz", ".z", ".br")
+
+
 def compression_for(name: str) -> str:
     lower = name.lower()
     if lower.endswith((".gz", ".tgz")):
@@ -63,6 +68,9 @@ def compression_for(name: str) -> str:
         return "zstd"
     if lower.endswith((".xz", ".txz")):
         return "xz"
+    if lower.endswith(_UNSUPPORTED):
+        suffix = "." + lower.rsplit(".", 1)[-1]
+        raise UsageError(f"--flatten {name}: {suffix} output is not supported; use .gz, .zst, .xz or a plain .tar")
     return "none"
 
 
