@@ -147,14 +147,14 @@ class _Batches:
         self.fields = operator.attrgetter(*TarEntry.__slots__)
 
     def add(self, entry: TarEntry, offset: int) -> None:
+        self.size += len(entry.name) + len(entry.linkname) + 200
         if entry.pax is NO_RECORDS and entry.xattrs is NO_RECORDS and entry.sparse is None:
             self.batch.append((entry.name, entry.linkname, entry.type, entry.mode, entry.uid, entry.gid,
                                entry.uname, entry.gname, entry.size, entry.mtime, entry.mtime_ns, entry.devmajor,
                                entry.devminor, entry.real_size, entry.header_offset, entry.data_offset))
-            self.size += len(entry.name) + len(entry.linkname) + 200
         else:
             self.batch.append(self.fields(entry))
-            self.size += len(entry.name) + len(entry.linkname) + 200  # (PAX records may be up to 1 MiB each)
+            # (PAX records may be up to 1 MiB each)
             self.size += sum(len(k) + len(v) for k, v in entry.pax.items())
             self.size += sum(len(k) + len(v) for k, v in entry.xattrs.items())
         if len(self.batch) >= _BATCH or self.size >= _BATCH_BYTES:

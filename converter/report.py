@@ -119,15 +119,6 @@ class ReportFile:
             _unlink(tmp)
             raise OutputError(f"--report {self.dest}: cannot write: {exc.strerror}") from None
 
-    def discard(self) -> None:
-        """Remove the temporary file (the run ends without a report: interrupted)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._tmp is not None:
-            _unlink(self._tmp)
-            self._tmp = None
-
 
 def _unlink(path: str) -> None:
     try:

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional
 from .. import __version__
 from ..digest import parse_digest
 from ..errors import ConverterError, IntegrityError, InputError, NotFoundError, RegistryError, UsageError
-from .auth import Authenticator, find_credentials
 from ..sources.archive import MAX_JSON
+from .auth import Authenticator, find_credentials
 from .reference import Reference, is_loopback_host
 
 if TYPE_CHECKING:  # pragma: no cover

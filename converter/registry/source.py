@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional
 from ..digest import parse_digest
 from ..errors import InputError, IntegrityError, NotFoundError
 from ..image import Blob, Image, Layer, Platform
-from ..sources.archive import MAX_JSON, parse_json
 from ..manifests import (
     DOCKER_CONFIG,
     INDEX_TYPES,
@@ -30,6 +29,7 @@ from ..manifests import (
     index_entries,
     kind_of,
 )
+from ..sources.archive import MAX_JSON, parse_json
 from .client import RegistryClient
 from .reference import parse_reference
 

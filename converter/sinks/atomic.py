@@ -206,17 +206,17 @@ def ensure_parent(dest: str) -> list[str]:
     """Create the missing parents of ``dest``; return them, outermost first (a failed run
     removes them again: see :func:`discard`)."""
     parent = os.path.dirname(os.path.abspath(dest))
-    missing = []
+    made = []
     at = parent
     while not os.path.lexists(at):
-        missing.append(at)
+        made.insert(0, at)
         at = os.path.dirname(at)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        remove_made(missing[::-1])
+        remove_made(made)
         raise OutputError(f"{parent}: cannot create: {exc.strerror}") from None
-    return missing[::-1]
+    return made
 
 
 def remove_made(made: list[str]) -> None:
@@ -228,10 +228,21 @@ def remove_made(made: list[str]) -> None:
             return
 
 
-def remember_parents(partial: str, made: list[str]) -> None:
-    """Remember the parents :func:`ensure_parent` created for ``partial``'s destination."""
+def claim(dest: str, *, force: bool, kind: str) -> str:
+    """Check ``dest`` (``kind`` "dir" or "file"), creating its missing parents, clear stale
+    partials, and name the partial the output is built in; the caller creates it.  The
+    parents made here go again with :func:`discard`, the one way to drop a partial."""
+    made = ensure_parent(dest)
+    partial = partial_name(dest)
     if made:
         _MADE_FOR[partial] = made
+    try:
+        check_destination(dest, force=force, kind=kind)
+        remove_stale_partials(dest)
+    except BaseException:
+        discard(partial)
+        raise
+    return partial
 
 
 def discard(partial: str) -> None:
@@ -288,12 +299,8 @@ def commit(partial: str, dest: str) -> None:
 def begin_directory(dest: str, *, force: bool) -> str:
     """Check ``dest``, clear stale partials, and create the private partial directory the
     output is built in (mode 0700); returns its path.  ``dest`` must be absolute."""
-    made = ensure_parent(dest)
-    partial = partial_name(dest)
+    partial = claim(dest, force=force, kind="dir")
     try:
-        check_destination(dest, force=force, kind="dir")
-        remove_stale_partials(dest)
-        remember_parents(partial, made)
         os.mkdir(partial, 0o700)
     except OSError as exc:
         discard(partial)

@@ -24,7 +24,7 @@ from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
-from .atomic import check_destination, commit, discard, ensure_parent, partial_name, remember_parents, remove_stale_partials
+from .atomic import claim, commit, discard
 
 _NS = 1_000_000_000
 _TYPEFLAG = {REG: b"0", DIR: b"5", LNK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
@@ -493,12 +493,8 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         count = _finish(plan, out, options, verify_first=True)
         return TarResult("-", count, out.count, kind)
     dest = os.path.abspath(dest)
-    made = ensure_parent(dest)
-    partial = partial_name(dest)
+    partial = claim(dest, force=options.force, kind="file")
     try:
-        check_destination(dest, force=options.force, kind="file")
-        remove_stale_partials(dest)
-        remember_parents(partial, made)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         discard(partial)
