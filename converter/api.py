@@ -52,6 +52,8 @@ def make_id_mapper(
     """Build the owner mapping from ``--uid-map``/``--gid-map`` ranges, or from the ranges
     ``/etc/subuid`` and ``/etc/subgid`` give ``subuid`` (a user name)."""
     fixed = None
+    if unmapped_id is not None and not (uid_map or gid_map or subuid is not None):
+        raise UsageError("--unmapped-id only applies with --uid-map, --gid-map or --subuid")
     if owner is not None:
         try:
             u, g = owner.split(":")

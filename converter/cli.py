@@ -20,7 +20,8 @@ from . import __version__
 
 app = typer.Typer(
     name="rootfs",
-    help="Turn a container image (docker save, OCI layout or archive, registry) into a plain root filesystem.",
+    help="Turn a container image (docker save, OCI layout or archive, registry) into a plain root filesystem: "
+         "a directory, one tar, or an OCI runtime bundle for runc/crun.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="rich",
@@ -30,11 +31,11 @@ app = typer.Typer(
 _state: dict[str, Any] = {"debug": False, "quiet": False, "verbose": 0}
 
 # registry options, shared by every command that can read docker://REF
-CREDS = typer.Option(None, "--creds", envvar="ROOTFS_CREDS", help="Registry USER:PASS (default: docker/podman auth files).")
-AUTHFILE = typer.Option(None, "--authfile", envvar="REGISTRY_AUTH_FILE", help="Registry auth file (docker config.json format).")
+CREDS = typer.Option(None, "--creds", envvar="ROOTFS_CREDS", metavar="USER:PASS", help="Registry USER:PASS (default: docker/podman auth files).")
+AUTHFILE = typer.Option(None, "--authfile", envvar="REGISTRY_AUTH_FILE", metavar="FILE", help="Registry auth file (docker config.json format).")
 INSECURE = typer.Option(False, "--insecure", help="Allow plain HTTP and unverified TLS for the registry.")
-CERT_DIR = typer.Option(None, "--cert-dir", help="Directory with *.crt CAs and client.cert/client.key (docker certs.d layout).")
-CA_FILE = typer.Option(None, "--ca-file", help="Extra CA bundle for the registry.")
+CERT_DIR = typer.Option(None, "--cert-dir", metavar="DIR", help="Directory with *.crt CAs and client.cert/client.key (docker certs.d layout).")
+CA_FILE = typer.Option(None, "--ca-file", metavar="FILE", help="Extra CA bundle for the registry.")
 KEEP_DIRLINKS = typer.Option(False, "--keep-dirlinks", help="A directory entry over a symlink to a directory keeps the symlink "
                              "and goes to its target (umoci's keep-dirlinks; default: replace it, as Docker does).")
 
@@ -151,43 +152,43 @@ def _size(text: Optional[str]) -> Optional[int]:
     )
 )
 def convert(
-    source: str = typer.Argument(..., help="Image: PATH, -, docker-archive:PATH[:REF], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the root filesystem into this directory."),
-    flatten: Optional[str] = typer.Option(None, "--flatten", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive (tag or ref name)."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] for multi-platform images (default: this host)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Image: PATH, -, docker-archive:PATH[:REF], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR", help="Write the root filesystem into this directory."),
+    flatten: Optional[str] = typer.Option(None, "--flatten", metavar="FILE", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive (tag or ref name)."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] for multi-platform images (default: this host)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing non-empty output."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip digest and diff_id checks (not recommended)."),
-    uid_map: List[str] = typer.Option([], "--uid-map", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
-    gid_map: List[str] = typer.Option([], "--gid-map", help="CONTAINER:HOST:SIZE, repeatable."),
-    unmapped_id: Optional[int] = typer.Option(None, "--unmapped-id", help="Owner for ids outside every map range (default: error)."),
-    subuid: Optional[str] = typer.Option(None, "--subuid", help="Map owners with USER's ranges from /etc/subuid and /etc/subgid."),
-    owner: Optional[str] = typer.Option(None, "--owner", help="Give every entry this UID:GID (e.g. 0:0)."),
+    uid_map: List[str] = typer.Option([], "--uid-map", metavar="C:H:N", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
+    gid_map: List[str] = typer.Option([], "--gid-map", metavar="C:H:N", help="CONTAINER:HOST:SIZE, repeatable."),
+    unmapped_id: Optional[int] = typer.Option(None, "--unmapped-id", metavar="ID", help="Owner for ids outside every map range (default: error)."),
+    subuid: Optional[str] = typer.Option(None, "--subuid", metavar="USER", help="Map owners with USER's ranges from /etc/subuid and /etc/subgid."),
+    owner: Optional[str] = typer.Option(None, "--owner", metavar="UID:GID", help="Give every entry this UID:GID (e.g. 0:0)."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Byte-identical tar output; mtimes clamped to SOURCE_DATE_EPOCH when set."),
-    max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", help="Refuse images with more entries."),
-    max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
-    max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Apply only the first N layers, or A..B (1-based, inclusive)."),
-    skip_layer: List[str] = typer.Option([], "--skip-layer", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
-    only_layer: Optional[str] = typer.Option(None, "--only-layer", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
-    devices: str = typer.Option("skip", "--devices", help="Device nodes when not root: skip or empty (empty regular files)."),
-    path: List[str] = typer.Option([], "--path", help="Only this path (glob allowed) and its parents; repeatable."),
+    max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", metavar="N", help="Refuse images with more entries."),
+    max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", metavar="N", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
+    max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", metavar="SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="N|A..B", help="Apply only the first N layers, or A..B (1-based, inclusive)."),
+    skip_layer: List[str] = typer.Option([], "--skip-layer", metavar="LAYER", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
+    only_layer: Optional[str] = typer.Option(None, "--only-layer", metavar="LAYER", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
+    devices: str = typer.Option("skip", "--devices", metavar="skip|empty", help="Device nodes when not root: skip or empty (empty regular files)."),
+    path: List[str] = typer.Option([], "--path", metavar="PATH", help="Only this path (glob allowed) and its parents; repeatable."),
     with_deps: bool = typer.Option(False, "--with-deps", help="With --path: add the shared libraries ELF files need (found as the dynamic loader would)."),
-    bundle: Optional[str] = typer.Option(None, "--bundle", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
-    report: Optional[str] = typer.Option(None, "--report", help="Write a JSON report of what was done (- for stdout)."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", metavar="DIR", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
+    report: Optional[str] = typer.Option(None, "--report", metavar="FILE", help="Write a JSON report of what was done (- for stdout)."),
     creds: Optional[str] = CREDS,
     authfile: Optional[str] = AUTHFILE,
     insecure: bool = INSECURE,
     cert_dir: Optional[str] = CERT_DIR,
     ca_file: Optional[str] = CA_FILE,
-    keep_ids: str = typer.Option("none", "--keep-ids", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
+    keep_ids: str = typer.Option("none", "--keep-ids", metavar="none|xattr", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, metavar="", show_default=False,
                                  help="Per-entry decisions (whiteouts, skips) and every warning, not one a kind."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
-    """Convert an image to a directory (-o) or one flattened tar (--flatten)."""
+    """Convert an image to a directory (-o), one flattened tar (--flatten) or an OCI runtime bundle (--bundle)."""
     _state.update(debug=debug, quiet=quiet, verbose=verbose)
 
     def body() -> None:
@@ -197,6 +198,8 @@ def convert(
 
         if sum(x is not None for x in (output, flatten, bundle)) != 1:
             raise UsageError("give exactly one of -o DIR, --flatten FILE or --bundle DIR")
+        if quiet and verbose:
+            raise UsageError("-q (only errors) and -v (every decision) contradict each other: give one")
         if devices not in ("skip", "empty"):
             raise UsageError(f"--devices {devices!r}: use skip or empty")
         if keep_ids not in ("none", "xattr"):
@@ -317,7 +320,9 @@ def _human(n: int) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
 def _summary(result: Any) -> None:
@@ -325,7 +330,8 @@ def _summary(result: Any) -> None:
     ref = f" {result.reference}" if result.reference else ""
     lines = [
         f"converted{ref} ({result.source_format}, {_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
-        f"  {result.entries} entries, {_human(result.bytes)}",
+        f"  {_plural(result.entries, 'entry')}, {_human(result.bytes)} "
+        + ("written" if result.kind == "tar" else "of file contents"),
     ]
     if result.warnings:
         lines.append("  warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warnings.items())))
@@ -371,7 +377,8 @@ def main() -> None:
     keep_freed_memory()
     _state["exits"] = True
     try:
-        app()
+        code = _run_app()
+        raise SystemExit(code or 0)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
@@ -382,6 +389,30 @@ def main() -> None:
         except BrokenPipeError:
             code = code or 141
         os._exit(code)
+
+
+def _run_app() -> Any:
+    """Run the typer app with command-line mistakes (unknown option, bad value, missing
+    argument) reported as every other error is: one line on stderr, exit 2, not click's
+    framed box."""
+    try:
+        from typer._click import exceptions as click_errors  # typer >= 0.20 vendors click
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+    try:
+        return app(standalone_mode=False)
+    except click_errors.ClickException as exc:
+        no_args = getattr(click_errors, "NoArgsIsHelpError", None)
+        if no_args is not None and isinstance(exc, no_args):
+            exc.show()  # (the help, as `rootfs` or `rootfs convert` alone asks for)
+            return exc.exit_code
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        print(f"rootfs: error: {message}{where}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Abort:
+        return 130
 
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "c": "c", "b": "b", "p": "p", "s": "s"}
@@ -413,12 +444,12 @@ def _mode_string(kind: str, mode: int) -> str:
     ),
 )
 def ls_command(
-    source: str = typer.Argument(..., help="Image spec (as for convert)."),
-    path: Optional[str] = typer.Argument(None, help="Only this path and what is below it."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant]."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Image spec (as for convert)."),
+    path: Optional[str] = typer.Argument(None, metavar="[PATH]", help="Only this path and what is below it."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
-    fmt: str = typer.Option("long", "--format", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
+    fmt: str = typer.Option("long", "--format", metavar="long|tree|paths", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
@@ -493,9 +524,9 @@ def ls_command(
     ),
 )
 def inspect_command(
-    source: str = typer.Argument(..., help="Image spec (as for convert)."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", help="Which image of a multi-image archive."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant]."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Image spec (as for convert)."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document (shape documented in the README)."),
     entries: bool = typer.Option(False, "--entries", help="Count entries and uncompressed bytes per layer (reads and verifies every layer)."),
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -506,12 +537,12 @@ def inspect_command(
     def body() -> None:
         import json
 
-        from .errors import UsageError
+        from .errors import ChoiceNeeded
         from .inspect import inspect
 
         try:
             info = inspect(source, ref=ref, platform=platform, count_entries=entries)
-        except UsageError as exc:
+        except ChoiceNeeded as exc:
             # several images and no choice made: the choices are the answer
             from .sources import list_choices
 
@@ -589,9 +620,9 @@ def _show_value(value: Any) -> str:
     ),
 )
 def diff_command(
-    source_a: str = typer.Argument(..., help="First image spec."),
-    source_b: str = typer.Argument(..., help="Second image spec."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] for both."),
+    source_a: str = typer.Argument(..., metavar="SOURCE_A", help="First image spec."),
+    source_b: str = typer.Argument(..., metavar="SOURCE_B", help="Second image spec."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] for both."),
     as_json: bool = typer.Option(False, "--json", help="{identical, added, removed, changed: [{path, changes}]}."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -645,9 +676,9 @@ def diff_command(
     ),
 )
 def pull_command(
-    ref: str = typer.Argument(..., help="[docker://][REGISTRY/]NAME[:TAG][@DIGEST] (Docker Hub defaults)."),
-    to: str = typer.Option(..., "--to", help="oci:DIR[:TAG] (an OCI layout, blobs shared between images) or docker-archive:FILE."),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", help="os/arch\\[/variant] (default: this host)."),
+    ref: str = typer.Argument(..., metavar="REF", help="[docker://][REGISTRY/]NAME[:TAG][@DIGEST] (Docker Hub defaults)."),
+    to: str = typer.Option(..., "--to", metavar="DEST", help="oci:DIR[:TAG] (an OCI layout, blobs shared between images) or docker-archive:FILE."),
+    platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] (default: this host)."),
     all_platforms: bool = typer.Option(False, "--all-platforms", help="oci: only: keep the whole index, every platform."),
     force: bool = typer.Option(False, "--force", help="Replace an existing docker-archive file."),
     creds: Optional[str] = CREDS,

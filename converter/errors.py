@@ -29,6 +29,11 @@ class UsageError(ConverterError):
     kind = "usage"
 
 
+class ChoiceNeeded(UsageError):
+    """The source holds several images and nothing says which one (`rootfs inspect` lists
+    them instead of failing)."""
+
+
 class InputError(ConverterError):
     """The input is malformed: bad JSON, missing fields, unknown format or compression."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .digest import parse_digest
-from .errors import InputError, NotFoundError, UsageError
+from .errors import ChoiceNeeded, InputError, NotFoundError, UsageError
 from .image import Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -109,7 +109,9 @@ def choose_platform(entries: list[Descriptor], want: Optional[Platform], *, what
     offered = ", ".join(platforms[:_LISTED]) or "none declared"
     if len(platforms) > _LISTED:
         offered += f" and {len(platforms) - _LISTED} more"
-    raise NotFoundError(f"{what}: no image for platform {target} (available: {offered}); use --platform")
+    advice = "choose one of them with --platform" if want is None else "choose one of them"
+    raise NotFoundError(f"{what}: no image for platform {target}{'' if want else ' (this host)'} "
+                        f"(available: {offered}); {advice}")
 
 
 def config_diff_ids(config: Any, *, what: str) -> list[str]:
@@ -163,7 +165,7 @@ def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *
             names = candidates[0][0]
             return (names[0] if names else None), candidates[0][1]
         listed = _list_names(candidates)
-        raise UsageError(f"{what}: holds {len(candidates)} images; choose one with a reference: {listed}")
+        raise ChoiceNeeded(f"{what}: holds {len(candidates)} images; choose one with a reference (--ref NAME, or SOURCE:NAME): {listed}")
     hits = [(names, obj) for names, obj in candidates if any(ref_matches(ref, n) for n in names)]
     if len(hits) == 1:
         return ref, hits[0][1]

@@ -49,6 +49,64 @@ def test_usage_error_needs_exactly_one_output(tmp_path: Path) -> None:
     assert "exactly one of" in r.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (["convert", "SAMPLE", "-o", "OUT", "--bogus"], "No such option: --bogus"),
+    (["convert"], "Missing argument 'SOURCE'"),
+    (["convert", "SAMPLE", "-o", "OUT", "--max-entries", "many"], "'many' is not a valid"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["convert", "SAMPLE", "-o", "OUT", "-q", "-v"], "-q (only errors) and -v"),
+], ids=["unknown-option", "missing-argument", "bad-number", "unknown-command", "quiet-and-verbose"])
+def test_command_line_mistakes_are_one_line_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
+    out = tmp_path / "out"
+    r = rootfs(*[str(SAMPLE) if a == "SAMPLE" else str(out) if a == "OUT" else a for a in args])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("rootfs: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert says in r.stderr and "\u256d" not in r.stderr  # (no framed box)
+    assert r.stdout == "" and not out.exists()
+
+
+def test_help_says_what_each_option_takes() -> None:
+    r = rootfs("convert", "--help")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+
+    def line(option: str) -> str:
+        return next(text for text in lines if f" {option} " in text)
+
+    assert "DIR" in line("--output") and "FILE" in line("--flatten") and "DIR" in line("--bundle")
+    assert "skip|empty" in line("--devices") and "none|xattr" in line("--keep-ids")
+    assert "UID:GID" in line("--owner") and "C:H:N" in line("--uid-map")
+    assert "SOURCE" in r.stdout
+    assert not [text for text in lines if text.lstrip("│ ").startswith("-") and "<str>" in text]
+    assert "--bundle" in " ".join(r.stdout.split()[:60])  # the description names all three outputs
+
+
+def test_summary_says_what_its_bytes_count(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--path", "/etc/hostname")
+    assert r.returncode == 0, r.stderr
+    assert "  2 entries, 7 B of file contents" in r.stderr  # /etc and /etc/hostname
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar"))
+    size = (tmp_path / "out.tar").stat().st_size
+    assert r.returncode == 0 and f"{size / 1024:.1f} KiB written" in r.stderr, r.stderr
+    from converter.cli import _plural
+
+    assert [_plural(n, "entry") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
+    assert _plural(1, "layer") == "1 layer" and _plural(3, "layer") == "3 layers"
+
+
+def test_inspect_reports_a_bad_platform_instead_of_listing_the_choices(tmp_path: Path) -> None:
+    from converter.testing.imagegen import File, ImageSpec, Layer, write_oci_layout
+
+    amd = ImageSpec([Layer([File("hello.txt", b"amd")])], architecture="amd64")
+    arm = ImageSpec([Layer([File("hello.txt", b"arm")])], architecture="arm64", variant="v8")
+    write_oci_layout(tmp_path / "m", [(amd, None), (arm, None)], ref="latest", index="multiarch")
+    r = rootfs("inspect", str(tmp_path / "m"), "--platform", "bogus")
+    assert r.returncode == 2 and "bad platform 'bogus'" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+    r = rootfs("inspect", str(tmp_path / "m"), "--platform", "linux/s390x")
+    assert r.returncode == 4 and "no image for platform linux/s390x" in r.stderr, r.stderr
+    assert "use --platform" not in r.stderr  # (it was used)
+
+
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "x.tar"), env={"NO_COLOR": ""})
     assert r.returncode == 0, r.stderr

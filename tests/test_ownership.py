@@ -430,6 +430,13 @@ def test_bad_map_is_a_usage_error(many_image: str, tmp_path: Path, kw: dict[str,
     assert leftovers(tmp_path) == []
 
 
+def test_unmapped_id_without_maps_is_a_usage_error(many_image: str, tmp_path: Path) -> None:
+    """Without ranges every id is kept, so --unmapped-id would silently do nothing."""
+    with pytest.raises(UsageError, match="--unmapped-id only applies"):
+        convert(many_image, tmp_path / "out.tar", flatten=True, unmapped_id=65534)
+    assert leftovers(tmp_path) == []
+
+
 def test_cli_bad_map_exit_code(many_image: str, tmp_path: Path) -> None:
     proc = cli("convert", many_image, "--flatten", "out.tar", "--uid-map", "0:100000", cwd=tmp_path)
     assert proc.returncode == 2 and "--uid-map" in proc.stderr, proc.stderr

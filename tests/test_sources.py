@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from converter import convert
-from converter.errors import InputError, NotFoundError, UsageError
+from converter.errors import ChoiceNeeded, InputError, NotFoundError, UsageError
 from converter.image import Platform
 from converter.listing import list_directory, list_tar
 from converter.testing.imagegen import (
@@ -366,8 +366,23 @@ def test_edge_05_two_images_tagged_latest_with_ref_are_ambiguous(tmp_path: Path)
 
 def test_edge_05_two_images_tagged_latest_without_ref_are_ambiguous(tmp_path: Path) -> None:
     source = write_image("oci-dir", tmp_path, [(_which("a"), "latest"), (_which("b"), "latest")])
-    with pytest.raises(UsageError):
+    with pytest.raises(ChoiceNeeded, match="--ref NAME"):  # (it says how to choose)
         convert(f"oci:{source}", tmp_path / "out")
+
+
+def test_oci_transport_on_an_archive_file_points_to_oci_archive(tmp_path: Path) -> None:
+    source = write_image("oci-archive", tmp_path, [(_which("a"), "latest")])
+    with pytest.raises(InputError, match=r"is a file.*oci-archive:") as info:
+        convert(f"oci:{source}", tmp_path / "out")
+    assert not isinstance(info.value, NotFoundError)  # (it exists: "no such directory" misled)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spec", ["docker-daemon:alpine:latest", "containers-storage:alpine", "dir:/tmp/image"])
+def test_transports_this_tool_does_not_read_are_named(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(UsageError, match=r"is a transport this tool does not read.*oci-archive:"):
+        convert(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_edge_05_docker25_save_two_latest_images(tmp_path: Path) -> None:

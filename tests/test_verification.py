@@ -26,6 +26,7 @@ import pytest
 from converter import convert
 from converter.errors import (
     EXIT_CODES,
+    ChoiceNeeded,
     ConverterError,
     InputError,
     IntegrityError,
@@ -729,7 +730,7 @@ def _(where: Path) -> Broken:
     return Broken(str(where), ("attestation",))
 
 
-@case("several-images-no-ref", UsageError)
+@case("several-images-no-ref", ChoiceNeeded)
 def _(where: Path) -> Broken:
     archive = where / "image.tar"
     write_docker_archive(archive, [(spec("none"), ["app/a:1"]), (ImageSpec([Layer([File("b", b"b")])]), ["app/b:2"])])

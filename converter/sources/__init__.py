@@ -20,6 +20,8 @@ from .docker_archive import image_from_docker_archive
 from .oci import image_from_layout
 
 TRANSPORTS = ("docker-archive", "oci", "oci-archive", "docker")
+#: skopeo/containers-image transports that need a daemon, a store or another format
+_OTHER_TRANSPORTS = frozenset({"containers-storage", "docker-daemon", "dir", "ostree", "sif", "tarball"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ def parse_spec(text: str, *, ref: Optional[str] = None) -> SourceSpec:
         path, _, embedded = text.partition(":")
         if path and os.path.exists(path):
             return SourceSpec(None, path, embedded or ref or None)
+    prefix = text.split(":", 1)[0] if ":" in text else ""
+    if prefix in _OTHER_TRANSPORTS:
+        raise UsageError(f"{prefix}: is a transport this tool does not read; it reads a path, "
+                         f"docker-archive:, oci:, oci-archive: and docker:// (e.g. `skopeo copy {text} "
+                         f"oci-archive:image.tar`, then convert that)")
     hint = ""
     if not text.startswith(("/", ".", "~")) and "/" not in text.split(":", 1)[0][:1]:
         hint = f" (to pull from a registry, write docker://{text})"
@@ -87,6 +94,9 @@ def open_image(
 
 def _open_layout_dir(s: SourceSpec, want: Optional[Platform]) -> Image:
     if not os.path.isdir(s.path):
+        if os.path.exists(s.path):
+            raise InputError(f"{s.path}: is a file, and oci: names an OCI layout directory "
+                             f"(for an archive write oci-archive:{s.path}, or the path alone)")
         raise NotFoundError(f"{s.path}: no such directory")
     closers: list = []
     return _owning(closers, lambda: image_from_layout(DirectoryStore(s.path, closers), ref=s.ref, platform=want,
