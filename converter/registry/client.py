@@ -66,6 +66,15 @@ MAX_RESUMES = 100
 #: curl's --speed-limit: a server dripping a byte every few seconds never trips the
 #: timeout of each read, and would hold the run for days
 LOW_SPEED = 1024  # bytes a second
+#: a timeout (nothing, or too little, for a whole socket timeout) costs this many of the
+#: ``retries``: a server that accepts connections and then says nothing gets one more
+#: chance, not five (six 30 s timeouts kept a run waiting three minutes before failing)
+TIMEOUT_COST = 3
+
+
+def retry_cost(exc: BaseException) -> int:
+    """What a failed attempt spends of the retry budget (see :data:`TIMEOUT_COST`)."""
+    return TIMEOUT_COST if isinstance(exc, TimeoutError) else 1
 
 
 class Stalled(socket.timeout):
@@ -299,7 +308,7 @@ class RegistryClient:
                 data = resp.read_all(MAX_MANIFEST, what=f"manifest of {what}")
                 break
             except (OSError, http.client.HTTPException) as exc:
-                attempt += 1
+                attempt += retry_cost(exc)
                 if attempt > self.options.retries:
                     raise RegistryError(f"{what}: manifest download failed: {_describe(exc)}") from None
                 time.sleep(backoff_delay(attempt))
@@ -411,7 +420,7 @@ class RegistryClient:
                 time.sleep(backoff_delay(attempt))
                 continue
             except (OSError, http.client.HTTPException) as exc:
-                attempt += 1
+                attempt += retry_cost(exc)
                 if attempt > self.options.retries:
                     raise RegistryError(f"{what}: cannot reach {target.netloc}: {_describe(exc)}") from None
                 log.debug("%s: %s; retrying", target.netloc, _describe(exc))
@@ -483,7 +492,7 @@ class RegistryClient:
             except ssl.SSLCertVerificationError as exc:
                 raise RegistryError(self._tls_message(_Target.of(url), exc)) from None
             except (OSError, http.client.HTTPException) as exc:
-                attempt += 1
+                attempt += retry_cost(exc)
                 if attempt > self.options.retries:
                     raise RegistryError(f"token service {url.split('?')[0]}: {_describe(exc)}") from None
                 time.sleep(backoff_delay(attempt))
@@ -827,7 +836,7 @@ class _BlobReader(io.RawIOBase):
                 self._drop()
                 self._resumes += 1
                 if self._since_failure < RESUME_PROGRESS_RESET:
-                    self._failures += 1
+                    self._failures += retry_cost(error)
                 self._since_failure = 0
                 if self._failures > self._client.options.retries or self._resumes > MAX_RESUMES:
                     raise RegistryError(

@@ -396,3 +396,41 @@ def test_a_response_that_drips_is_given_up_as_stalled(fake: FakeServer, simple, 
         with open_registry_image(f"{fake.netloc}/x/app:v1", options=RegistryOptions(timeout=1.0, retries=1)) as img:
             with img.layers[0].blob.open() as f:
                 f.read()
+
+
+@pytest.mark.parametrize("what", ["manifest", "layer"])
+def test_a_server_that_says_nothing_gets_one_more_chance_not_five(fake: FakeServer, simple, what: str) -> None:
+    """A registry that accepts the request and never answers: each attempt waits a whole
+    timeout, so a timeout spends three of the retries (six 30 s waits made three minutes
+    before the error); errors that fail fast keep the whole budget."""
+    import threading
+
+    from converter.registry import client as client_mod
+
+    from .servers import HANDLED
+
+    path = "/v2/x/app/manifests/v1" if what == "manifest" else f"/v2/x/app/blobs/{simple.layer_digests[0]}"
+    released = threading.Event()
+
+    def silent(handler) -> object:
+        released.wait(10)  # (the client gives up long before)
+        return HANDLED
+
+    answer = fake.routes[path]
+    fake.routes[path] = silent
+    try:
+        with pytest.raises(RegistryError):
+            with open_registry_image(f"{fake.netloc}/x/app:v1", options=RegistryOptions(timeout=0.5, retries=5)) as img:
+                with img.layers[0].blob.open() as f:
+                    f.read()
+    finally:
+        released.set()
+    assert sum(r["path"] == path for r in fake.requests) == 2
+    assert client_mod.retry_cost(ConnectionResetError()) == 1 and client_mod.retry_cost(client_mod.Stalled()) == 3
+    fake.routes[path] = answer
+    fake.requests.clear()
+    fake.fail[path] = [503] * 5  # fast failures: all five retries, then it works
+    with open_registry_image(f"{fake.netloc}/x/app:v1", options=RegistryOptions(timeout=5, retries=5)) as img:
+        with img.layers[0].blob.open() as f:
+            assert f.read()
+    assert sum(r["path"] == path for r in fake.requests) == 6
