@@ -132,6 +132,8 @@ def convert(
     paths: Sequence[str] = (),
     with_deps: bool = False,
     bundle: bool = False,
+    bundle_args: Optional[Sequence[str]] = None,
+    bundle_user: Optional[str] = None,
     keep_dirlinks: bool = False,
     keep_tree: Optional[list[object]] = None,
 ) -> ConvertResult:
@@ -141,7 +143,8 @@ def convert(
     ``paths`` (globs, repeatable) keeps only those paths of the merged view (and their
     parents; symlinks on the way are followed inside the image); ``with_deps`` adds the
     shared libraries ELF files among them need.  ``bundle=True`` makes ``output`` an OCI
-    runtime bundle (``output/rootfs`` + ``output/config.json``) instead of a bare rootfs.
+    runtime bundle (``output/rootfs`` + ``output/config.json``) instead of a bare rootfs;
+    ``bundle_args`` and ``bundle_user`` replace the image's Entrypoint + Cmd and User there.
 
     ``layers`` (``N`` or ``"A..B"``, 1-based), ``skip_layers`` and ``only_layer`` choose
     layers (see :mod:`converter.select`); ``only_layer`` with ``flatten`` keeps the layer's
@@ -162,6 +165,8 @@ def convert(
         "unmapped-id", f"{where}: {kind} {value} is outside every map range; written as {unmapped_id}",
         path=where.removeprefix("output ").strip("'"),
     )
+    if not bundle and (bundle_args is not None or bundle_user is not None):
+        raise UsageError("--cmd and --user set the bundle's process: they need --bundle")
     if max_entries < 1 or max_ratio < 0 or (max_size is not None and max_size < 0):
         raise UsageError("--max-entries must be at least 1, --max-ratio and --max-size not negative")
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
@@ -202,7 +207,7 @@ def convert(
                     if flatten:
                         raise UsageError("--bundle writes a directory; it cannot be combined with --flatten")
                     # resolved before --path prunes the tree: the user lives in /etc/passwd
-                    bundle_cfg = bundle_config(image.config, plan=plan, ids=mapper)
+                    bundle_cfg = bundle_config(image.config, plan=plan, ids=mapper, args=bundle_args, user=bundle_user)
                 if paths or with_deps:
                     from .pathselect import select_paths
 

@@ -5,11 +5,11 @@ start).  ``config.json`` starts from runc's own ``runc spec`` template (mounts,
 namespaces, capabilities, rlimits, masked and read-only paths) and takes from the image
 config what a container engine would:
 
-* ``process.args``: ``Entrypoint`` + ``Cmd`` (``Cmd`` alone without an entrypoint; an
-  image with neither is an error: there is nothing to run);
+* ``process.args``: ``Entrypoint`` + ``Cmd``, or ``--cmd`` (``Cmd`` alone without an entrypoint; an
+  image with none of them is an error: there is nothing to run);
 * ``process.env``: ``Env``, plus a default ``PATH`` when the image sets none;
 * ``process.cwd``: ``WorkingDir`` (made absolute), else ``/``;
-* ``process.user``: ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``...) resolved
+* ``process.user``: ``User`` or ``--user`` (``name``, ``uid``, ``name:group``, ``uid:gid``...) resolved
   against the image's own ``/etc/passwd`` and ``/etc/group`` as runc/Docker resolve it:
   a name must exist; a bare uid takes the primary group its passwd entry gives (else 0);
   without an explicit group, the groups listing the user become ``additionalGids``;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .errors import InputError, OutputError, UsageError
 from .ids import IdMapper, IdRange
@@ -78,13 +78,15 @@ def _num(text: str) -> Optional[int]:
     return None
 
 
-def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[list[list[str]]]) -> dict[str, Any]:
-    """The OCI ``process.user`` for an image's ``User`` (runc's ``GetExecUser`` rules)."""
+def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[list[list[str]]], *,
+                 what: str = "image config User") -> dict[str, Any]:
+    """The OCI ``process.user`` for an image's ``User`` (runc's ``GetExecUser`` rules);
+    ``what`` names where the text came from, for errors."""
     user = (user or "").strip()
     user_part, _, group_part = user.partition(":")
     has_group = ":" in user
     if has_group and not group_part:
-        raise InputError(f"image config User {user!r}: empty group")
+        raise InputError(f"{what} {user!r}: empty group")
     uid = 0
     gid = 0
     name: Optional[str] = None
@@ -100,7 +102,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
         if num is None:
             if entry is None:
                 where = "the image's /etc/passwd" if passwd is not None else "the image (it has no /etc/passwd; with --path, add --path /etc/passwd)"
-                raise InputError(f"image config User {user!r}: no user {user_part!r} in {where}")
+                raise InputError(f"{what} {user!r}: no user {user_part!r} in {where}")
             uid = _num(entry[2]) or 0
         else:
             uid = num
@@ -122,7 +124,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
             match = next((rec for rec in group or [] if len(rec) >= 3 and rec[0] == group_part), None)
             if match is None:
                 where = "the image's /etc/group" if group is not None else "the image (it has no /etc/group; with --path, add --path /etc/group)"
-                raise InputError(f"image config User {user!r}: no group {group_part!r} in {where}")
+                raise InputError(f"{what} {user!r}: no group {group_part!r} in {where}")
             gid = _num(match[2]) or 0
     elif name is not None:
         for rec in group or []:
@@ -155,10 +157,16 @@ def bundle_config(
     hostname: str = DEFAULT_HOSTNAME,
     passwd: Optional[list[list[str]]] = None,
     group: Optional[list[list[str]]] = None,
+    args: Optional[Sequence[str]] = None,
+    user: Optional[str] = None,
 ) -> dict[str, Any]:
     """The ``config.json`` document for an image config (the whole config blob, or just
     its ``config`` object).  ``/etc/passwd`` and ``/etc/group`` are read from ``plan``
-    unless given as parsed records."""
+    unless given as parsed records.
+
+    ``args`` replaces ``Entrypoint`` + ``Cmd`` and ``user`` the image's ``User`` (resolved
+    the same way), as ``docker run --entrypoint ... --user ...`` would: the program a
+    pipeline runs is often not the image's own, and an image may have none."""
     cfg = image_config.get("config") if isinstance(image_config.get("config"), dict) else None
     if cfg is None:
         cfg = image_config if any(k in image_config for k in ("Cmd", "Entrypoint", "Env")) else {}
@@ -173,9 +181,15 @@ def bundle_config(
             raise InputError(f"image config {key}: expected a list of strings")
         return list(value)
 
-    args = strings("Entrypoint") + strings("Cmd")
-    if not args:
-        raise InputError("image config has neither Entrypoint nor Cmd: a bundle needs a command to run")
+    if args is not None:
+        args = list(args)
+        if not args or not args[0]:
+            raise UsageError("--cmd: give the program to run (and its arguments)")
+    else:
+        args = strings("Entrypoint") + strings("Cmd")
+        if not args:
+            raise InputError("image config has neither Entrypoint nor Cmd: a bundle needs a command to run "
+                             "(give one with --cmd)")
     env = strings("Env")
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
@@ -184,14 +198,14 @@ def bundle_config(
         raise InputError("image config WorkingDir: expected a string")
     if not cwd.startswith("/"):
         cwd = "/" + cwd
-    user_text = cfg.get("User") or ""
+    user_text = (cfg.get("User") or "") if user is None else user
     if not isinstance(user_text, str):
         raise InputError("image config User: expected a string")
     if passwd is None:
         passwd = _id_file(plan, b"/etc/passwd")
     if group is None:
         group = _id_file(plan, b"/etc/group")
-    user = resolve_user(user_text, passwd, group)
+    user_doc = resolve_user(user_text, passwd, group, what="image config User" if user is None else "--user")
 
     ids = ids or IdMapper()
     uranges, granges = ids.uids.ranges, ids.gids.ranges
@@ -201,8 +215,8 @@ def bundle_config(
             raise UsageError("--bundle: --owner cannot be combined with --uid-map/--gid-map")
         if not (uranges and granges):
             raise UsageError("--bundle with a user namespace needs both --uid-map and --gid-map")
-        for kind, value, ranges in [("uid", user["uid"], uranges), ("gid", user["gid"], granges)] + [
-            ("gid", g, granges) for g in user.get("additionalGids", [])
+        for kind, value, ranges in [("uid", user_doc["uid"], uranges), ("gid", user_doc["gid"], granges)] + [
+            ("gid", g, granges) for g in user_doc.get("additionalGids", [])
         ]:
             if not _covered(ranges, value):
                 raise UsageError(f"--bundle: the image's user needs container {kind} {value}, which --{kind}-map does not map")
@@ -235,7 +249,7 @@ def bundle_config(
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": False,
-            "user": user,
+            "user": user_doc,
             "args": args,
             "env": env,
             "cwd": cwd,

@@ -148,7 +148,8 @@ def _size(text: Optional[str]) -> Optional[int]:
         "  rootfs convert app.tar -o base --layers 2            # only the first two layers\n\n"
         "  rootfs convert app.tar --flatten l3.tar --only-layer 3   # one layer's raw diff\n\n"
         "  rootfs convert httpd.tar -o out --path /usr/local/apache2/bin/httpd --with-deps\n\n"
-        "  rootfs convert app.tar --bundle bundle/ && runc run -b bundle/ app"
+        "  rootfs convert app.tar --bundle bundle/ && runc run -b bundle/ app\n\n"
+        "  rootfs convert app.tar --bundle fuzz/ --cmd '/out/target -runs=100' --user 65534"
     )
 )
 def convert(
@@ -175,6 +176,10 @@ def convert(
     path: List[str] = typer.Option([], "--path", metavar="PATH", help="Only this path (glob allowed) and its parents; repeatable."),
     with_deps: bool = typer.Option(False, "--with-deps", help="With --path: add the shared libraries ELF files need (found as the dynamic loader would)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", metavar="DIR", help="Write an OCI runtime bundle: DIR/rootfs + DIR/config.json (for runc/crun)."),
+    cmd: Optional[str] = typer.Option(None, "--cmd", metavar="'PROGRAM [ARGS]'",
+                                      help="With --bundle: run this instead of the image's Entrypoint + Cmd (shell-style words)."),
+    user: Optional[str] = typer.Option(None, "--user", metavar="USER[:GROUP]",
+                                       help="With --bundle: run as this user instead of the image's (names resolved in the image)."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE", help="Write a JSON report of what was done (- for stdout)."),
     creds: Optional[str] = CREDS,
     authfile: Optional[str] = AUTHFILE,
@@ -200,6 +205,14 @@ def convert(
             raise UsageError("give exactly one of -o DIR, --flatten FILE or --bundle DIR")
         if quiet and verbose:
             raise UsageError("-q (only errors) and -v (every decision) contradict each other: give one")
+        bundle_args = None
+        if cmd is not None:
+            import shlex
+
+            try:
+                bundle_args = shlex.split(cmd)
+            except ValueError as exc:
+                raise UsageError(f"--cmd {cmd!r}: {exc}") from None
         if devices not in ("skip", "empty"):
             raise UsageError(f"--devices {devices!r}: use skip or empty")
         if keep_ids not in ("none", "xattr"):
@@ -229,7 +242,7 @@ def convert(
                 max_size=_size(max_size), devices=devices, events=events,
                 progress=progress.event if progress.enabled else None,  # (nothing to count for when hidden)
                 layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
-                paths=path, with_deps=with_deps, bundle=bundle is not None, keep_dirlinks=keep_dirlinks, keep_tree=_KEPT if _state.get("exits") else None,
+                paths=path, with_deps=with_deps, bundle=bundle is not None, bundle_args=bundle_args, bundle_user=user, keep_dirlinks=keep_dirlinks, keep_tree=_KEPT if _state.get("exits") else None,
                 # only a registry source needs these (importing ssl costs ~10 MB of memory)
                 registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event)
                 if source.startswith("docker://") else None,

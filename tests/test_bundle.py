@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -185,6 +187,32 @@ def test_no_command_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "bundle").exists()
 
 
+def test_cmd_and_user_replace_the_image_process(tmp_path: Path) -> None:
+    """An image with no command and a user its /etc/passwd lacks still makes a bundle
+    when the caller says what to run and as whom (names resolved as the image's are)."""
+    src = _image(tmp_path, ETC + [File("x", b"x")], user="ghost")
+    out = tmp_path / "bundle"
+    convert(str(src), out, bundle=True, bundle_args=["/x", "two words"], bundle_user="app")
+    process = _config(out)["process"]
+    assert process["args"] == ["/x", "two words"]
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [10, 20]}
+    convert(str(src), out, bundle=True, bundle_args=["/x"], bundle_user="0:50", force=True)
+    assert _config(out)["process"]["user"] == {"uid": 0, "gid": 50}
+
+
+@pytest.mark.parametrize("kw, error, says", [
+    ({"bundle_args": ["/x"]}, UsageError, "need --bundle"),
+    ({"bundle_user": "0"}, UsageError, "need --bundle"),
+    ({"bundle": True, "bundle_args": []}, UsageError, "give the program"),
+    ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "nobody"}, InputError, "--user 'nobody': no user 'nobody'"),
+], ids=["cmd-alone", "user-alone", "empty-cmd", "unknown-user"])
+def test_bad_process_overrides_write_nothing(tmp_path: Path, kw: dict, error: type, says: str) -> None:
+    src = _image(tmp_path, ETC + [File("x", b"x")], cmd=["/x"])
+    with pytest.raises(error, match=re.escape(says)):
+        convert(str(src), tmp_path / "bundle", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar"]
+
+
 def test_user_namespace_mappings_and_mapped_owners(tmp_path: Path) -> None:
     if not IS_ROOT:
         pytest.skip("owners can only be checked as root")
@@ -259,6 +287,12 @@ def test_cli_bundle(tmp_path: Path) -> None:
     assert _config(tmp_path / "b")["process"]["args"] == ["/x"]
     res = CliRunner().invoke(app, ["convert", str(src), "--bundle", str(tmp_path / "c"), "--flatten", str(tmp_path / "c.tar")])
     assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["convert", str(src), "--bundle", str(tmp_path / "d"), "--cmd", "/x 'a b' c", "--user", "7:8"])
+    assert res.exit_code == 0, res.output
+    assert _config(tmp_path / "d")["process"]["args"] == ["/x", "a b", "c"]
+    assert _config(tmp_path / "d")["process"]["user"] == {"uid": 7, "gid": 8}
+    res = CliRunner().invoke(app, ["convert", str(src), "--bundle", str(tmp_path / "e"), "--cmd", "/x 'unclosed"])
+    assert res.exit_code == 2 and "No closing quotation" in res.output and not (tmp_path / "e").exists()
 
 
 # =====================================================================================
@@ -330,6 +364,17 @@ def _need_runc() -> None:
         pytest.skip("runc not installed (apt-get install runc)")
 
 
+def _runc_run(bundle: Path, cid: str) -> subprocess.CompletedProcess:
+    """``runc run`` the bundle (the container removed afterwards, whatever happened); it
+    must succeed."""
+    try:
+        res = subprocess.run([RUNC, "run", "-b", str(bundle), cid], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # type: ignore[list-item]
+    finally:
+        subprocess.run([RUNC, "delete", "-f", cid], capture_output=True)  # type: ignore[list-item]
+    assert res.returncode == 0, res.stderr
+    return res
+
+
 @pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
 def test_runc_runs_the_bundle(open_dir: Path, hello_static: bytes, userns: bool) -> None:
     _need_runc()
@@ -344,12 +389,7 @@ def test_runc_runs_the_bundle(open_dir: Path, hello_static: bytes, userns: bool)
     out = open_dir / "bundle"
     maps: dict[str, Any] = {"uid_map": ["0:100000:65536"], "gid_map": ["0:100000:65536"]} if userns else {}
     convert(str(src), out, bundle=True, **maps)
-    cid = f"rootfs-test-{os.getpid()}-{int(userns)}"
-    try:
-        res = subprocess.run([RUNC, "run", "-b", str(out), cid], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # type: ignore[list-item]
-    finally:
-        subprocess.run([RUNC, "delete", "-f", cid], capture_output=True)  # type: ignore[list-item]
-    assert res.returncode == 0, res.stderr
+    res = _runc_run(out, f"rootfs-test-{os.getpid()}-{int(userns)}")
     assert res.stdout == (
         "hello from the bundle\n"
         "uid=1000 gid=1000 groups=10,20\n"
@@ -362,3 +402,18 @@ def test_runc_runs_the_bundle(open_dir: Path, hello_static: bytes, userns: bool)
     if userns:
         st = os.lstat(out / "rootfs" / "app" / "data")
         assert (st.st_uid, st.st_gid) == (101000, 100050)
+
+
+def test_runc_runs_the_command_and_user_given(open_dir: Path, hello_static: bytes) -> None:
+    """An image with no command of its own, run as another user than its own."""
+    _need_runc()
+    entries = ETC + [Dir("app/"), File("app/hello", hello_static, mode=0o755), File("app/data", b"data")]
+    src = _image(open_dir, entries, env=["GREETING=set"], user="app")
+    out = open_dir / "bundle"
+    r = subprocess.run([sys.executable, "-m", "converter", "convert", str(src), "--bundle", str(out), "-q",
+                        "--cmd", "/app/hello 'one arg' two", "--user", "daemon"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = _runc_run(out, f"rootfs-test-{os.getpid()}-cmd")
+    assert res.stdout.splitlines()[:6] == [
+        "hello from the bundle", "uid=1 gid=1 groups=", "cwd=/", "hostname=rootfs", "args=[one arg][two]", "GREETING=set",
+    ]
