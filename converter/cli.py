@@ -458,7 +458,8 @@ def _mode_string(kind: str, mode: int) -> str:
 )
 def ls_command(
     source: str = typer.Argument(..., metavar="SOURCE", help="Image spec (as for convert)."),
-    path: Optional[str] = typer.Argument(None, metavar="[PATH]", help="Only this path and what is below it."),
+    path: Optional[str] = typer.Argument(None, metavar="[PATH]", help="Only this path, what is below it and the directories "
+                                         "holding it; globs and symlinks inside the image as for convert --path."),
     ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
@@ -475,7 +476,8 @@ def ls_command(
         from .api import plan_image
         from .errors import NotFoundError, UsageError
         from .listing import escape, format_listing
-        from .paths import split_name
+        from .merge import Events
+        from .pathselect import select_paths
         from .sources import open_image
         from .treeview import records_from_plan
 
@@ -485,10 +487,14 @@ def ls_command(
             plan = plan_image(image, keep_dirlinks=keep_dirlinks)
             try:
                 plan.verify()
-                prefix = split_name(os.fsencode(path), what="path") if path else None
-                records = list(records_from_plan(plan, hash_files=(fmt == "tree" and not as_json), prefix=prefix))
-                if prefix and not records:
-                    raise NotFoundError(f"{path}: not in the image")
+                if path:
+                    # what `convert --path PATH` would write: symlinks on the way followed
+                    # inside the image (/lib/x on a merged-/usr image), globs expanded
+                    try:
+                        select_paths(plan, [path], with_deps=False, events=Events())
+                    except NotFoundError:
+                        raise NotFoundError(f"{path}: not in the image") from None
+                records = list(records_from_plan(plan, hash_files=(fmt == "tree" and not as_json)))
                 records.sort(key=lambda r: r.path)
                 out = sys.stdout
                 if as_json:

@@ -7,11 +7,11 @@ prints exactly what listing the converted directory would print.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Optional
+from typing import Iterator
 
 from .listing import EMPTY_SHA256, Record
 from .merge import BLK, CHR, LNK, REG, Node, Plan
-from .paths import Parts, join
+from .paths import join
 from .staging import content_pieces
 
 
@@ -25,17 +25,15 @@ def node_sha256(node: Node) -> str:
     return h.hexdigest()
 
 
-def records_from_plan(plan: Plan, *, hash_files: bool = False, prefix: Optional[Parts] = None) -> Iterator[Record]:
-    """Records for every entry (or those at/below ``prefix``).  Hard-linked paths share
-    their node, which is what ``inode`` identifies."""
+def records_from_plan(plan: Plan, *, hash_files: bool = False) -> Iterator[Record]:
+    """Records for every entry.  Hard-linked paths share their node, which is what
+    ``inode`` identifies."""
     counts: dict[int, int] = {}
     entries = list(plan.walk())
     for _, node in entries:
         if node.kind != "d":
             counts[id(node)] = counts.get(id(node), 0) + 1
     for parts, node in entries:
-        if prefix and parts[: len(prefix)] != prefix:
-            continue
         kind = node.kind
         yield Record(
             path=join(parts),

@@ -123,6 +123,22 @@ def test_ls_lists_the_merged_view_without_writing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ls_path_follows_symlinks_inside_the_image_and_globs(tmp_path: Path) -> None:
+    """``ls IMG PATH`` lists what ``convert --path PATH`` would write: on a merged-/usr
+    image /lib/x is found through the lib -> usr/lib symlink, and globs expand."""
+
+    def paths(*args: str) -> list[str]:
+        r = rootfs("ls", str(SAMPLE), *args, "--format", "paths")
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    assert paths("/lib/libsample.so.1") == ["lib", "usr", "usr/lib", "usr/lib/libsample.so.1"]
+    assert paths("/lib/") == ["lib", "usr", "usr/lib", "usr/lib/libsample.so", "usr/lib/libsample.so.1"]
+    assert paths("/usr/bin/hello*") == ["usr", "usr/bin", "usr/bin/hello", "usr/bin/hello-again"]
+    r = rootfs("ls", str(SAMPLE), "/lib/missing.so")
+    assert r.returncode == 4 and r.stderr == "rootfs: error: /lib/missing.so: not in the image\n" and r.stdout == ""
+
+
 def test_ls_and_convert_keep_dirlinks_when_asked(tmp_path: Path) -> None:
     from converter.testing.imagegen import Dir, File, ImageSpec, Layer, Symlink, write_docker_archive
 
