@@ -105,6 +105,12 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         signal.signal(signal.SIGINT, old_int)
 
 
+def _stdout_like(dest: str) -> bool:
+    from .sinks.atomic import own_fd
+
+    return dest == "-" or own_fd(dest) == 1
+
+
 def _version(value: bool) -> None:
     if value:
         from .compression import GZIP_BACKEND
@@ -220,8 +226,8 @@ def convert(
         events = Events()
         if verbose:
             events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
-        if report == "-" and flatten == "-":
-            raise UsageError("--report - and --flatten - cannot both use stdout")
+        if report and flatten and _stdout_like(report) and _stdout_like(flatten):
+            raise UsageError("--report and --flatten cannot both use standard output")
         # (as gzip and zstd do: binary data is never meant for a terminal)
         if flatten == "-" and sys.stdout.isatty():
             raise UsageError("--flatten -: standard output is a terminal; redirect or pipe the tar")
@@ -231,7 +237,7 @@ def convert(
         if report:
             from .report import ReportFile
 
-            report_file = ReportFile(report)  # (a path that cannot take it fails here, before any work)
+            report_file = ReportFile(report, force=force)  # (a path that cannot take it fails here, before any work)
         progress = _Progress(enabled=not quiet)
         try:
             result = do_convert(

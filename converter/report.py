@@ -84,16 +84,25 @@ class ReportFile:
     after the result is in place.  The document is written to ``DEST.tmp-PID``, created
     now, and renamed over ``DEST`` at the end."""
 
-    def __init__(self, dest: str) -> None:
+    def __init__(self, dest: str, *, force: bool = False) -> None:
         from .errors import OutputError
+        from .sinks.atomic import stream_destination
 
         self.dest = dest
         self._tmp: Optional[str] = None
         self._fd = -1
+        self._stream = -1  # /dev/stderr, a named pipe...: written into, never replaced
         if dest == "-":
+            return
+        stream = stream_destination(dest, what="--report")
+        if stream is not None:
+            self._stream = stream
             return
         if os.path.isdir(dest):
             raise OutputError(f"--report {dest}: is a directory")
+        if os.path.islink(dest) and not force:
+            raise OutputError(f"--report {dest}: is a symbolic link (to {os.readlink(dest)}); give the path it leads "
+                              f"to, or --force to replace the link itself")
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
@@ -105,6 +114,16 @@ class ReportFile:
         from .errors import OutputError
 
         text = json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+        if self._stream >= 0:
+            stream, self._stream = self._stream, -1
+            try:
+                with os.fdopen(stream, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise OutputError(f"--report {self.dest}: cannot write: {exc.strerror}") from None
+            return
         if self._tmp is None:
             sys.stdout.write(text)
             sys.stdout.flush()

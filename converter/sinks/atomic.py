@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from typing import Optional
 
@@ -172,12 +173,74 @@ def _open_dir(parent: int, name: str) -> int:
     return -1
 
 
+_FD_PATH = re.compile(r"/(?:dev|proc/self|proc/(\d+))/fd/(\d+)")
+_STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def own_fd(dest: str) -> Optional[int]:
+    """The number of the open fd ``dest`` names (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``, a shell's ``>(...)``, or a symlink to one of them), else None:
+    such a path is written through that fd, as ``-`` is stdout; replacing it would put a
+    regular file where /dev/stdout's link was."""
+    path = os.path.abspath(dest)
+    for _ in range(8):
+        if path in _STD_NAMES:
+            return _STD_NAMES[path]
+        m = _FD_PATH.fullmatch(path)
+        if m and (m.group(1) is None or int(m.group(1)) == os.getpid()):
+            return int(m.group(2))
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return None
+
+
+def stream_destination(dest: str, *, what: str) -> Optional[int]:
+    """An fd to write ``dest`` into as a stream, when it is not a path to replace: one of
+    this process's fds (see :func:`own_fd`; dup'ed) or an existing character device or
+    FIFO (``/dev/null``, a named pipe: opened for writing, never created, truncated or
+    replaced).  None for a path to write atomically.  A block device or a socket is
+    refused: a tar is never written over a disk by a mistyped name."""
+    fd = own_fd(dest)
+    if fd is not None:
+        try:
+            return os.dup(fd)
+        except OSError as exc:
+            raise OutputError(f"{what} {dest}: not an open file descriptor here ({exc.strerror})") from None
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return None
+    mode = st.st_mode
+    if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        kind = "a block device" if stat.S_ISBLK(mode) else "a socket"
+        raise OutputError(f"{what} {dest}: is {kind}; refusing to write over it (use - and redirect, if meant)")
+    if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        return None
+    try:
+        return os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"{what} {dest}: cannot open for writing: {exc.strerror}") from None
+
+
 def check_destination(dest: str, *, force: bool, kind: str) -> None:
     """Refuse to replace something the user did not mean to lose."""
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
         return
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        raise OutputError(f"{dest}: is a device, FIFO or socket, not a {'directory' if kind == 'dir' else 'file'} "
+                          f"(never replaced, even with --force)")
+    if stat.S_ISLNK(st.st_mode) and not force:
+        try:
+            target = os.readlink(dest)
+        except OSError:
+            target = "?"
+        raise OutputError(f"{dest}: is a symbolic link (to {target}); give the path it leads to, "
+                          f"or --force to replace the link itself")
     if kind == "dir":
         if stat.S_ISDIR(st.st_mode):
             if force:

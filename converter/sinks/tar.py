@@ -24,7 +24,7 @@ from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
-from .atomic import claim, commit, discard
+from .atomic import claim, commit, discard, stream_destination
 
 _NS = 1_000_000_000
 _TYPEFLAG = {REG: b"0", DIR: b"5", LNK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
@@ -492,6 +492,21 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         # on a mismatch the consumer sees a tar without its end blocks
         count = _finish(plan, out, options, verify_first=True)
         return TarResult("-", count, out.count, kind)
+    stream = stream_destination(dest, what="--flatten")
+    if stream is not None:  # /dev/null, a named pipe, /dev/stdout...: written into, never replaced
+        try:
+            if os.isatty(stream):
+                raise UsageError(f"--flatten {dest}: is a terminal; redirect or pipe the tar")
+            sys.stdout.flush()
+            out = _open_out(stream, kind, options.level, dest)
+            count = _finish(plan, out, options, verify_first=True)
+        except BrokenPipeError:
+            raise  # (the reader went away: as with -, a quiet exit 141 in the CLI)
+        except OSError as exc:
+            raise OutputError(f"{dest}: write failed: {exc.strerror}") from None
+        finally:
+            os.close(stream)
+        return TarResult(dest, count, out.count, kind)
     dest = os.path.abspath(dest)
     partial = claim(dest, force=options.force, kind="file")
     try:

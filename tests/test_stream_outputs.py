@@ -1,0 +1,157 @@
+"""Outputs that are not paths to replace: ``--flatten``/``--report`` into /dev/null, a named
+pipe, /dev/stdout or a shell's ``>(...)`` stream into it; a symbolic link is replaced only
+with --force; a block device, a socket or (for -o) any device is never replaced.
+
+Every device node here is made in the test's own directory (never /dev's own): a bug
+must not be able to break the machine's /dev/null."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "sample" / "sample-image.tar"
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="making device nodes needs root")
+
+
+def rootfs(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, env=env, **kw)
+
+
+def members(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [m.name for m in tar.getmembers()]
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    out = tmp_path_factory.mktemp("ref") / "ref.tar"
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    return out.read_bytes()
+
+
+@needs_root
+def test_flatten_into_a_character_device_writes_into_it(tmp_path: Path) -> None:
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(null), "-q")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]  # (no partial left beside it)
+
+
+def test_flatten_into_a_named_pipe_streams_the_tar(tmp_path: Path, expected: bytes) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(fifo), "-q", timeout=120)
+    reader.join(60)
+    assert r.returncode == 0, r.stderr
+    assert got and got[0] == expected
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"])
+def test_flatten_into_one_of_its_own_fds_is_like_dash(tmp_path: Path, expected: bytes, name: str) -> None:
+    out = tmp_path / "redirected.tar"
+    with open(out, "wb") as f:
+        r = subprocess.run([sys.executable, "-m", "converter", "convert", str(SAMPLE), "--flatten", name, "-q"],
+                           stdout=f, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["redirected.tar"]
+
+
+def test_flatten_into_an_inherited_fd(tmp_path: Path, expected: bytes) -> None:
+    """What ``--flatten >(cmd)`` passes: /dev/fd/N of a pipe the shell opened."""
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        with os.fdopen(read_end, "rb") as f:
+            chunks.append(f.read())
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "converter", "convert", str(SAMPLE), "--flatten", f"/dev/fd/{write_end}", "-q"],
+                           pass_fds=(write_end,), capture_output=True)
+    finally:
+        os.close(write_end)
+    t.join(60)
+    assert r.returncode == 0, r.stderr
+    assert chunks[0] == expected
+
+
+def test_a_symlink_is_replaced_only_with_force(tmp_path: Path, expected: bytes) -> None:
+    keep = tmp_path / "keep.tar"
+    keep.write_bytes(b"mine")
+    link = tmp_path / "link.tar"
+    link.symlink_to("keep.tar")
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(link), "-q")
+    assert r.returncode == 8 and b"is a symbolic link (to keep.tar)" in r.stderr, r.stderr
+    assert os.readlink(link) == "keep.tar" and keep.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tar", "link.tar"]
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(link), "-q", "--force")
+    assert r.returncode == 0, r.stderr
+    assert not link.is_symlink() and link.read_bytes() == expected and keep.read_bytes() == b"mine"
+
+
+def test_a_symlink_is_not_a_directory_to_replace_without_force(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "link"), "-q")
+    assert r.returncode == 8 and b"is a symbolic link (to real)" in r.stderr, r.stderr
+    assert os.readlink(tmp_path / "link") == "real" and list((tmp_path / "real").iterdir()) == []
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["block", "socket"])
+def test_a_block_device_or_socket_is_never_written(tmp_path: Path, kind: str) -> None:
+    node = tmp_path / "node"
+    if kind == "block":
+        os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(7, 250))  # (a loop device number: never opened)
+    else:
+        os.mknod(node, stat.S_IFSOCK | 0o600)
+    for force in ([], ["--force"]):
+        r = rootfs("convert", str(SAMPLE), "--flatten", str(node), "-q", *force)
+        assert r.returncode == 8 and b"refusing to write over it" in r.stderr, r.stderr
+        assert os.lstat(node).st_mode & 0o170000 == (stat.S_IFBLK if kind == "block" else stat.S_IFSOCK)
+
+
+@needs_root
+def test_a_device_is_never_replaced_by_a_directory(tmp_path: Path) -> None:
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    for force in ([], ["--force"]):
+        r = rootfs("convert", str(SAMPLE), "-o", str(null), "-q", *force)
+        assert r.returncode == 8 and b"never replaced, even with --force" in r.stderr, r.stderr
+        assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+def test_report_into_a_pipe_or_stderr_and_not_over_a_symlink(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "a"), "-q", "--report", "/dev/stderr")
+    assert r.returncode == 0 and json.loads(r.stderr)["status"] == "ok", r.stderr
+    (tmp_path / "r.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("r.json")
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "b"), "-q", "--report", str(tmp_path / "link.json"))
+    assert r.returncode == 8 and b"is a symbolic link" in r.stderr and not (tmp_path / "b").exists(), r.stderr
+    assert (tmp_path / "r.json").read_text() == "old"
+    r = rootfs("convert", str(SAMPLE), "--flatten", "-", "-q", "--report", "/dev/stdout")
+    assert r.returncode == 2 and b"cannot both use standard output" in r.stderr, r.stderr
