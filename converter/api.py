@@ -78,6 +78,35 @@ def make_id_mapper(
     )
 
 
+def _refuse_losing_what_matters(out: str, source: str, *, force: bool) -> None:
+    """``--force`` deletes what is at the destination: never the source image, the
+    current directory, the home directory or ``/`` (``-o . -f`` beside the image had
+    deleted the image and everything else in the directory).  Nor is the source its own
+    output.  A symbolic link at the destination is what --force replaces, not where it
+    leads (see check_destination)."""
+    from .sources import parse_spec
+
+    path = os.path.abspath(out)
+    if not os.path.lexists(path) or os.path.islink(path):
+        return
+    try:
+        spec = parse_spec(source)
+    except Exception:  # (a bad spec is reported when the source is opened)
+        spec = None
+    real = os.path.realpath(path)
+    src = os.path.realpath(spec.path) if spec is not None and spec.transport != "docker" and spec.path != "-" else None
+    if src is not None and real == src:
+        raise UsageError(f"{out}: is the source image itself; write the output elsewhere")
+    if not force or not os.path.isdir(path):
+        return
+    home = os.path.expanduser("~")
+    for what, inner in (("the source image", src), ("the current directory", os.getcwd()),
+                        ("your home directory", home if home != "~" else None)):
+        if inner is not None and (os.path.realpath(inner) + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+            raise UsageError(f"{out}: --force would delete it with everything in it, {what} included; "
+                             f"write to a new directory instead")
+
+
 def plan_image(
     image: Image,
     *,
@@ -181,6 +210,8 @@ def convert(
         from .sinks.tar import compression_for
 
         compression_for(out)  # (an unsupported suffix is refused before any work)
+    if out != "-":
+        _refuse_losing_what_matters(out, source, force=force)
     spool_dir = None
     if out != "-":
         spool_dir = os.path.dirname(os.path.abspath(out))

@@ -164,7 +164,7 @@ def convert(
     flatten: Optional[str] = typer.Option(None, "--flatten", metavar="FILE", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
     ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive (tag or ref name)."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] for multi-platform images (default: this host)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing non-empty output."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output: a directory there is deleted with everything in it (never one holding the source, . or ~)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip digest and diff_id checks (not recommended)."),
     uid_map: List[str] = typer.Option([], "--uid-map", metavar="C:H:N", help="CONTAINER:HOST:SIZE, repeatable (the /etc/subuid form)."),
     gid_map: List[str] = typer.Option([], "--gid-map", metavar="C:H:N", help="CONTAINER:HOST:SIZE, repeatable."),

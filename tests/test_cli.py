@@ -107,6 +107,28 @@ def test_inspect_reports_a_bad_platform_instead_of_listing_the_choices(tmp_path:
     assert "use --platform" not in r.stderr  # (it was used)
 
 
+def test_force_never_deletes_the_source_the_current_directory_or_home(tmp_path: Path) -> None:
+    """``-o . -f`` beside the image had deleted the image and everything else there."""
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    image = work / "image.tar"
+    image.write_bytes(SAMPLE.read_bytes())
+    (work / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for args, cwd, says in [
+        (["./image.tar", "-o", ".", "-f"], work, "the source image included"),
+        (["./image.tar", "-o", "..", "-f"], work, "the source image included"),
+        ([str(SAMPLE), "-o", ".", "-f"], work / "sub", "the current directory included"),
+        ([str(SAMPLE), "-o", str(work / "sub"), "-f"], tmp_path.parent, "your home directory included"),
+        (["image.tar", "--flatten", "image.tar", "-f"], work, "is the source image itself"),
+    ]:
+        r = rootfs("convert", *args, cwd=cwd, env={"HOME": str(work / "sub")})
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    r = rootfs("convert", "image.tar", "-o", "sub", "-f", "-q", cwd=work, env={"HOME": str(tmp_path / "elsewhere")})
+    assert r.returncode == 0 and (work / "sub" / "etc" / "hostname").is_file(), r.stderr
+
+
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "x.tar"), env={"NO_COLOR": ""})
     assert r.returncode == 0, r.stderr
