@@ -155,3 +155,12 @@ def test_report_into_a_pipe_or_stderr_and_not_over_a_symlink(tmp_path: Path) -> 
     assert (tmp_path / "r.json").read_text() == "old"
     r = rootfs("convert", str(SAMPLE), "--flatten", "-", "-q", "--report", "/dev/stdout")
     assert r.returncode == 2 and b"cannot both use standard output" in r.stderr, r.stderr
+
+
+def test_a_mount_point_is_refused_before_any_work() -> None:
+    """The result is renamed into place, which a mount point cannot take (EBUSY): say so
+    at once, with what to do instead, instead of after the whole conversion."""
+    for force in ([], ["--force"]):
+        r = rootfs("convert", str(SAMPLE), "-o", "/proc", "-q", *force)
+        assert r.returncode == 8 and b"/proc: is a mount point" in r.stderr and b"tar -xpf - -C /proc" in r.stderr, r.stderr
+    assert not [name for name in os.listdir("/") if name.startswith("proc.")]

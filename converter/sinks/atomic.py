@@ -242,6 +242,12 @@ def check_destination(dest: str, *, force: bool, kind: str) -> None:
         raise OutputError(f"{dest}: is a symbolic link (to {target}); give the path it leads to, "
                           f"or --force to replace the link itself")
     if kind == "dir":
+        if stat.S_ISDIR(st.st_mode) and os.path.ismount(dest):
+            # (found now, not after the whole conversion when the rename fails with EBUSY)
+            raise OutputError(
+                f"{dest}: is a mount point, and the result is built beside its destination and renamed into "
+                f"place; convert into a directory inside it (-o {os.path.join(dest, 'rootfs')}), or stream it: "
+                f"--flatten - | tar -xpf - -C {dest} --numeric-owner --xattrs --xattrs-include='*'")
         if stat.S_ISDIR(st.st_mode):
             if force:
                 return
