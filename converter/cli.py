@@ -569,19 +569,15 @@ def inspect_command(
             info = inspect(source, ref=ref, platform=platform, count_entries=entries)
         except ChoiceNeeded as exc:
             # several images and no choice made: the choices are the answer
-            from .sources import list_choices
-
-            try:
-                choices = list_choices(source)
-            except Exception:
-                raise exc from None
+            choices = exc.choices
             if len(choices) < 2:
                 raise
             if as_json:
                 json.dump({"reference": None, "choices": choices}, sys.stdout, indent=2)
                 sys.stdout.write("\n")
             else:
-                print(f"{source} holds {len(choices)} images; choose one with --ref (and --platform):")
+                print(f"{'standard input' if source == '-' else source} holds {len(choices)} images; "
+                      f"choose one with --ref (and --platform):")
                 for c in choices:
                     print(f"  {c['reference'] or '(untagged)'}  {c['platform'] or '-'}  {c['digest'] or ''}")
             raise typer.Exit(2)

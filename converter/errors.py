@@ -31,7 +31,9 @@ class UsageError(ConverterError):
 
 class ChoiceNeeded(UsageError):
     """The source holds several images and nothing says which one (`rootfs inspect` lists
-    them instead of failing)."""
+    them instead of failing: :func:`converter.inspect.inspect` sets ``choices``)."""
+
+    choices: list = []
 
 
 class InputError(ConverterError):

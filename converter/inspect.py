@@ -9,9 +9,14 @@ user, workdir, exposed_ports, labels, created, author), ``layers`` (apply order)
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from .errors import ChoiceNeeded
 from .image import Image, Platform
 from .layerstream import LayerReading, Limits, sniff_layer
 from .workers import Workers
@@ -140,8 +145,39 @@ def inspect(
     """Open ``source`` and describe it (layers are read only with ``count_entries``)."""
     from .sources import list_choices
 
-    choices = list_choices(source) if not source.startswith("docker://") else []
-    with open_image(source, ref=ref, platform=platform) as image:
-        info = describe(image, count_entries=count_entries)
+    with _stdin_readable_twice(source == "-"):  # (the choices, then the image)
+        choices = list_choices(source) if not source.startswith("docker://") else []
+        try:
+            with open_image(source, ref=ref, platform=platform) as image:
+                info = describe(image, count_entries=count_entries)
+        except ChoiceNeeded as exc:
+            exc.choices = choices  # (what to choose from: `rootfs inspect` lists them)
+            raise
     info.choices = choices
     return info
+
+
+@contextmanager
+def _stdin_readable_twice(needed: bool) -> Iterator[None]:
+    """Standard input, when it is a pipe, copied once into an anonymous file put in its
+    place (and put back afterwards): `docker save app | rootfs inspect -` read the pipe
+    for the list of images and then found it empty."""
+    import shutil
+    import tempfile
+
+    fd = sys.stdin.fileno() if needed else -1
+    if fd < 0 or stat.S_ISREG(os.fstat(fd).st_mode):
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with tempfile.TemporaryFile(prefix="rootfs-stdin-") as copy:
+            with os.fdopen(os.dup(fd), "rb") as src:
+                shutil.copyfileobj(src, copy, 1 << 20)
+            copy.flush()
+            copy.seek(0)
+            os.dup2(copy.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

@@ -129,6 +129,23 @@ def test_force_never_deletes_the_source_the_current_directory_or_home(tmp_path: 
     assert r.returncode == 0 and (work / "sub" / "etc" / "hostname").is_file(), r.stderr
 
 
+def test_inspect_reads_a_piped_image(tmp_path: Path) -> None:
+    """`docker save app | rootfs inspect -`: the pipe is read once for the list of images
+    and once for the image itself (it said "<stdin>: empty input")."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
+
+    def piped(image: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "converter", "inspect", "-"], input=image.read_bytes(),
+                              capture_output=True, env=env)
+
+    r = piped(SAMPLE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"sample/app:1.0  docker-archive  linux/amd64")
+    r = piped(ROOT / "fixtures" / "real" / "edge-classic-buildkit.docker-save.tar")
+    assert r.returncode == 2 and r.stdout.startswith(b"standard input holds 2 images"), (r.stdout, r.stderr)
+    assert b"public/edge:classic" in r.stdout and b"public/edge:buildkit" in r.stdout
+
+
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "x.tar"), env={"NO_COLOR": ""})
     assert r.returncode == 0, r.stderr
