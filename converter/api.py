@@ -38,6 +38,7 @@ class ConvertResult:
     platform: Optional[str] = None
     source: str = ""
     layers: list[LayerStats] = field(default_factory=list)
+    verified: bool = True  # False with verify=False (--no-verify): no digest was checked
 
 
 def make_id_mapper(
@@ -263,6 +264,7 @@ def convert(
             reference=image.reference, manifest_digest=image.manifest_digest, config_digest=image.config_digest,
             source_format=image.format, warnings=dict(events.counts), events=events,
             platform=str(image.platform) if image.platform else None, source=image.source, layers=plan.layers,
+            verified=verify,
         )
 
 

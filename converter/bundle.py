@@ -102,7 +102,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
         if num is None:
             if entry is None:
                 where = "the image's /etc/passwd" if passwd is not None else "the image (it has no /etc/passwd; with --path, add --path /etc/passwd)"
-                raise InputError(f"{what} {user!r}: no user {user_part!r} in {where}")
+                raise (UsageError if what == "--user" else InputError)(f"{what} {user!r}: no user {user_part!r} in {where}")
             uid = _num(entry[2]) or 0
         else:
             uid = num
@@ -124,7 +124,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
             match = next((rec for rec in group or [] if len(rec) >= 3 and rec[0] == group_part), None)
             if match is None:
                 where = "the image's /etc/group" if group is not None else "the image (it has no /etc/group; with --path, add --path /etc/group)"
-                raise InputError(f"{what} {user!r}: no group {group_part!r} in {where}")
+                raise (UsageError if what == "--user" else InputError)(f"{what} {user!r}: no group {group_part!r} in {where}")
             gid = _num(match[2]) or 0
     elif name is not None:
         for rec in group or []:

@@ -105,6 +105,16 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         signal.signal(signal.SIGINT, old_int)
 
 
+def _from_environment(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` took its value from its environment variable."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "ENVIRONMENT"
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError  # (run_guarded makes it a quiet exit 141, as for ls)
+
+
 def _stdout_like(dest: str) -> bool:
     from .sinks.atomic import own_fd
 
@@ -159,6 +169,7 @@ def _size(text: Optional[str]) -> Optional[int]:
     )
 )
 def convert(
+    ctx: typer.Context,
     source: str = typer.Argument(..., metavar="SOURCE", help="Image: PATH, -, docker-archive:PATH[:REF], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF."),
     output: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR", help="Write the root filesystem into this directory."),
     flatten: Optional[str] = typer.Option(None, "--flatten", metavar="FILE", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
@@ -175,7 +186,7 @@ def convert(
     max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", metavar="N", help="Refuse images with more entries."),
     max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", metavar="N", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
     max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", metavar="SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
-    layers: Optional[str] = typer.Option(None, "--layers", metavar="N|A..B", help="Apply only the first N layers, or A..B (1-based, inclusive)."),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="N|A..B", help="Apply only the first N layers, or A..B (1-based, inclusive; A.. and ..B are open ranges)."),
     skip_layer: List[str] = typer.Option([], "--skip-layer", metavar="LAYER", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
     only_layer: Optional[str] = typer.Option(None, "--only-layer", metavar="LAYER", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
     devices: str = typer.Option("skip", "--devices", metavar="skip|empty", help="Device nodes when not root: skip or empty (empty regular files)."),
@@ -192,7 +203,7 @@ def convert(
     insecure: bool = INSECURE,
     cert_dir: Optional[str] = CERT_DIR,
     ca_file: Optional[str] = CA_FILE,
-    keep_ids: str = typer.Option("none", "--keep-ids", metavar="none|xattr", help="Not root: 'xattr' records the image's owners (and emptied devices) in user.rootlesscontainers."),
+    keep_ids: str = typer.Option("none", "--keep-ids", metavar="none|xattr", help="Not root: 'xattr' records the image's owners in user.rootlesscontainers (and emptied devices in user.rootfs.device)."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar="ROOTFS_QUIET", help="Only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, metavar="", show_default=False,
@@ -200,6 +211,8 @@ def convert(
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Convert an image to a directory (-o), one flattened tar (--flatten) or an OCI runtime bundle (--bundle)."""
+    if quiet and verbose and _from_environment(ctx, "quiet"):
+        quiet = False  # (an explicit -v wins over a ROOTFS_QUIET=1 set for every run)
     _state.update(debug=debug, quiet=quiet, verbose=verbose)
 
     def body() -> None:
@@ -348,9 +361,11 @@ def _summary(result: Any) -> None:
     what = {"dir": "directory", "tar": "tar", "bundle": "runtime bundle"}[result.kind]
     ref = f" {result.reference}" if result.reference else ""
     lines = [
-        f"converted{ref} ({result.source_format}, {_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
+        f"converted{ref} ({result.source_format}, {result.platform + ', ' if result.platform else ''}"
+        f"{_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
         f"  {_plural(result.entries, 'entry')}, {_human(result.bytes)} "
-        + ("written" if result.kind == "tar" else "of file contents"),
+        + ("written" if result.kind == "tar" else "of file contents")
+        + ("" if result.verified else "; digests NOT checked (--no-verify)"),
     ]
     if result.warnings:
         lines.append("  warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warnings.items())))
@@ -590,6 +605,7 @@ def inspect_command(
 
         console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False,
                           width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+        console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]  # (rich would exit 1: `| head` is no failure)
         c = info.config
         console.print(f"[b]{info.reference or '(untagged)'}[/b]  {info.format}  {info.platform or ''}")
         for label, value in (
@@ -610,7 +626,8 @@ def inspect_command(
             row = [str(layer.index), (layer.digest or layer.diff_id or "-")[:19], _human(layer.size or 0), layer.compression]
             if entries:
                 row += [_human(layer.uncompressed_size or 0), str(layer.entries)]
-            row.append((layer.created_by or "")[:80])
+            made = layer.created_by or ""
+            row.append(made[:79] + "…" if len(made) > 80 and sys.stdout.isatty() else made)
             table.add_row(*row)
         console.print(table)
         empties = sum(1 for h in info.history if h["empty_layer"])

@@ -146,12 +146,19 @@ def canonical_ref(ref: str) -> str:
 
 
 def ref_matches(wanted: str, stored: str) -> bool:
+    """Whether ``wanted`` names ``stored``: as given, after Docker's normalisation
+    (``busybox`` is ``docker.io/library/busybox:latest``), or as podman names local images
+    (``app:1`` is ``localhost/app:1``)."""
     if wanted == stored:
         return True
     try:
-        return canonical_ref(wanted) == canonical_ref(stored)
+        if canonical_ref(wanted) == canonical_ref(stored):
+            return True
     except Exception:  # pragma: no cover - defensive: odd strings simply do not match
         return False
+    if stored.startswith("localhost/") and not wanted.startswith("localhost/"):
+        return ref_matches("localhost/" + wanted, stored)
+    return False
 
 
 def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *, what: str) -> tuple[Optional[str], Any]:

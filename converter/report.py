@@ -32,6 +32,7 @@ def success_report(result: Any, *, spec: str) -> dict[str, Any]:
             "platform": result.platform,
         },
         "output": {"path": result.output, "kind": result.kind, "entries": result.entries, "bytes": result.bytes},
+        "verified": result.verified,
         "layers": [
             {
                 "index": st.index + 1,
@@ -64,6 +65,7 @@ def error_report(exc: BaseException, *, spec: str, events: Optional[Any] = None)
         "source": {"spec": spec, "format": None, "reference": None, "manifest_digest": None,
                    "config_digest": None, "platform": None},
         "output": None,
+        "verified": None,
         "layers": [],
         "counts": {"warnings": dict(sorted(events.counts.items())) if events else {}},
         "events": [

@@ -204,7 +204,7 @@ def test_cmd_and_user_replace_the_image_process(tmp_path: Path) -> None:
     ({"bundle_args": ["/x"]}, UsageError, "need --bundle"),
     ({"bundle_user": "0"}, UsageError, "need --bundle"),
     ({"bundle": True, "bundle_args": []}, UsageError, "give the program"),
-    ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "nobody"}, InputError, "--user 'nobody': no user 'nobody'"),
+    ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "nobody"}, UsageError, "--user 'nobody': no user 'nobody'"),
 ], ids=["cmd-alone", "user-alone", "empty-cmd", "unknown-user"])
 def test_bad_process_overrides_write_nothing(tmp_path: Path, kw: dict, error: type, says: str) -> None:
     src = _image(tmp_path, ETC + [File("x", b"x")], cmd=["/x"])

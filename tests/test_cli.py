@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,6 +145,36 @@ def test_inspect_reads_a_piped_image(tmp_path: Path) -> None:
     r = piped(ROOT / "fixtures" / "real" / "edge-classic-buildkit.docker-save.tar")
     assert r.returncode == 2 and r.stdout.startswith(b"standard input holds 2 images"), (r.stdout, r.stderr)
     assert b"public/edge:classic" in r.stdout and b"public/edge:buildkit" in r.stdout
+
+
+def test_no_verify_is_said_in_the_summary_and_the_report(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--no-verify", "--report", str(tmp_path / "r.json"))
+    assert r.returncode == 0 and "digests NOT checked (--no-verify)" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["verified"] is False
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "out2"), "--report", str(tmp_path / "r2.json"))
+    assert "NOT checked" not in r.stderr and json.loads((tmp_path / "r2.json").read_text())["verified"] is True
+    assert "(docker-archive, linux/amd64, 3 layers)" in r.stderr  # (the platform converted is named)
+
+
+def test_an_explicit_verbose_wins_over_quiet_from_the_environment(tmp_path: Path) -> None:
+    r = rootfs("convert", str(SAMPLE), "-o", str(tmp_path / "out"), "-v", env={"ROOTFS_QUIET": "1"})
+    assert r.returncode == 0 and "whiteout:" in r.stderr, r.stderr
+
+
+def test_a_url_gets_the_docker_transport_hint_without_its_scheme(tmp_path: Path) -> None:
+    r = rootfs("inspect", "https://ghcr.io/org/app:1")
+    assert r.returncode == 4 and "write docker://ghcr.io/org/app:1)" in r.stderr, r.stderr
+    r = rootfs("inspect", "http://localhost:5000/x")
+    assert "write docker://localhost:5000/x, with --insecure" in r.stderr, r.stderr
+
+
+def test_inspect_into_a_closed_pipe_exits_141() -> None:
+    p = subprocess.Popen([sys.executable, "-m", "converter", "inspect", str(ROOT / "fixtures/real/edge-classic.oci-archive.tar")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(60) == 141 and err == b"", err
 
 
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:

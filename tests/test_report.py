@@ -155,7 +155,7 @@ def _report_image(path: Path) -> Any:
     ]), tags="report/app:1")
 
 
-REPORT_KEYS = ["report_version", "tool", "status", "source", "output", "layers", "counts", "events", "error"]
+REPORT_KEYS = ["report_version", "tool", "status", "source", "output", "verified", "layers", "counts", "events", "error"]
 EVENT_KEYS = ["kind", "path", "layer", "message"]
 
 
@@ -192,7 +192,7 @@ def test_report_success_tar_on_stdout(tmp_path: Path) -> None:
     ], entrypoint=["/usr/bin/app"]), ref="v1")
     r = ok(rootfs("convert", f"oci:{tmp_path}/layout:v1", "--flatten", str(tmp_path / "root.tar.gz"), "--report", "-"))
     doc = json.loads(r.stdout)  # stdout holds the report and nothing else
-    assert r.stderr.decode().startswith("converted v1 (oci, 2 layers) to tar ")
+    assert r.stderr.decode().startswith("converted v1 (oci, linux/amd64, 2 layers) to tar ")
     assert doc["source"]["manifest_digest"] == built.manifest_digest
     assert [layer["digest"] for layer in doc["layers"]] == built.layer_digests
     assert [layer["compression"] for layer in doc["layers"]] == ["gzip", "zstd"]
@@ -540,7 +540,7 @@ def test_piped_output_has_no_progress_bars_or_escape_codes(images: dict[str, str
             lines = r.stderr.decode().splitlines()
             # nothing but warnings and the summary (what was produced, and warnings by kind)
             assert lines[0].startswith("rootfs: warning: ") and "security.selinux" in lines[0]
-            assert len(lines) == 4 and lines[1].startswith("converted 1 (oci-archive, 2 layers) to directory ")
+            assert len(lines) == 4 and lines[1].startswith("converted 1 (oci-archive, linux/amd64, 2 layers) to directory ")
             assert "202 entries" in lines[2] and lines[3] == "  warnings: xattr-dropped x1"
             assert r.stdout == b""
         if name == "convert-error":
@@ -603,7 +603,7 @@ def test_no_color_on_a_terminal(images: dict[str, str], tmp_path: Path) -> None:
         code, out = _run_on_terminal(args, {"NO_COLOR": "1"})
         assert not _COLOUR.search(out), f"{name}: colour codes on a terminal with NO_COLOR=1: {out[:400]!r}"
         if name.startswith("convert-"):
-            assert code == 0 and b"converted 1 (oci-archive, 2 layers)" in out
+            assert code == 0 and b"converted 1 (oci-archive, linux/amd64, 2 layers)" in out
 
 
 def test_inspect_to_a_pipe_keeps_each_field_on_one_line(images: dict[str, str]) -> None:

@@ -33,6 +33,7 @@ from converter import convert
 from converter.errors import ChoiceNeeded, InputError, NotFoundError, UsageError
 from converter.image import Platform
 from converter.listing import list_directory, list_tar
+from converter.sources import open_image
 from converter.testing.imagegen import (
     Dir,
     File,
@@ -50,6 +51,7 @@ from converter.testing.imagegen import (
 )
 
 IS_ROOT = os.geteuid() == 0
+ROOT_DIR = Path(__file__).resolve().parent.parent
 ROOT_ONLY = pytest.mark.skipif(
     not IS_ROOT, reason="the directory sink keeps image owners (1000:1000) only when run as root"
 )
@@ -368,6 +370,17 @@ def test_edge_05_two_images_tagged_latest_without_ref_are_ambiguous(tmp_path: Pa
     source = write_image("oci-dir", tmp_path, [(_which("a"), "latest"), (_which("b"), "latest")])
     with pytest.raises(ChoiceNeeded, match="--ref NAME"):  # (it says how to choose)
         convert(f"oci:{source}", tmp_path / "out")
+
+
+def test_podman_localhost_names_match_without_the_prefix() -> None:
+    from converter.manifests import ref_matches
+
+    assert ref_matches("public/edge:scratch", "localhost/public/edge:scratch")
+    assert ref_matches("localhost/app:1", "localhost/app:1") and not ref_matches("app:2", "localhost/app:1")
+    assert not ref_matches("app:1", "docker.io/localhost/app:1") and ref_matches("busybox", "docker.io/library/busybox:latest")
+    source = ROOT_DIR / "fixtures" / "real" / "edge-scratch.podman-save.docker-archive.tar"
+    with open_image(f"{source}:public/edge:scratch") as image:
+        assert image.reference == "public/edge:scratch" and image.layers  # (found under its localhost/ name)
 
 
 def test_oci_transport_on_an_archive_file_points_to_oci_archive(tmp_path: Path) -> None:

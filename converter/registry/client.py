@@ -73,7 +73,11 @@ TIMEOUT_COST = 3
 
 
 def retry_cost(exc: BaseException) -> int:
-    """What a failed attempt spends of the retry budget (see :data:`TIMEOUT_COST`)."""
+    """What a failed attempt spends of the retry budget (see :data:`TIMEOUT_COST`); a name
+    that does not resolve spends it all (asking the resolver again within seconds does
+    not change its answer, and five tries held an air-gapped run for 12 s)."""
+    if isinstance(exc, socket.gaierror):
+        return 1 << 20
     return TIMEOUT_COST if isinstance(exc, TimeoutError) else 1
 
 

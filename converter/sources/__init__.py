@@ -64,7 +64,11 @@ def parse_spec(text: str, *, ref: Optional[str] = None) -> SourceSpec:
                          f"docker-archive:, oci:, oci-archive: and docker:// (e.g. `skopeo copy {text} "
                          f"oci-archive:image.tar`, then convert that)")
     hint = ""
-    if not text.startswith(("/", ".", "~")) and "/" not in text.split(":", 1)[0][:1]:
+    if text.startswith(("http://", "https://")):
+        plain = text.startswith("http://")
+        hint = (f" (to pull from a registry, write docker://{text.split('://', 1)[1]}"
+                + (", with --insecure for plain HTTP)" if plain else ")"))
+    elif not text.startswith(("/", ".", "~")) and "/" not in text.split(":", 1)[0][:1]:
         hint = f" (to pull from a registry, write docker://{text})"
     raise NotFoundError(f"{text}: no such file or directory{hint}")
 

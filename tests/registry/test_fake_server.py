@@ -427,6 +427,9 @@ def test_a_server_that_says_nothing_gets_one_more_chance_not_five(fake: FakeServ
         released.set()
     assert sum(r["path"] == path for r in fake.requests) == 2
     assert client_mod.retry_cost(ConnectionResetError()) == 1 and client_mod.retry_cost(client_mod.Stalled()) == 3
+    import socket
+
+    assert client_mod.retry_cost(socket.gaierror(-2, "Name or service not known")) > 100  # (never retried)
     fake.routes[path] = answer
     fake.requests.clear()
     fake.fail[path] = [503] * 5  # fast failures: all five retries, then it works
