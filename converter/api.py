@@ -201,7 +201,8 @@ def convert(
         raise UsageError("--max-entries must be at least 1, --max-ratio and --max-size not negative")
     limits = Limits(max_entries=max_entries, max_ratio=max_ratio, max_size=max_size)
     if source_date_epoch is None:
-        # SOURCE_DATE_EPOCH implies --reproducible (reproducible-builds.org convention)
+        # (reproducible-builds.org convention; the tar is deterministic with or without it:
+        # ``reproducible`` is accepted and changes nothing)
         env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
         if env:
             if not env.isdigit():

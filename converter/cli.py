@@ -182,7 +182,7 @@ def convert(
     unmapped_id: Optional[int] = typer.Option(None, "--unmapped-id", metavar="ID", help="Owner for ids outside every map range (default: error)."),
     subuid: Optional[str] = typer.Option(None, "--subuid", metavar="USER", help="Map owners with USER's ranges from /etc/subuid and /etc/subgid."),
     owner: Optional[str] = typer.Option(None, "--owner", metavar="UID:GID", help="Give every entry this UID:GID (e.g. 0:0)."),
-    reproducible: bool = typer.Option(False, "--reproducible", help="Byte-identical tar output; mtimes clamped to SOURCE_DATE_EPOCH when set."),
+    reproducible: bool = typer.Option(False, "--reproducible", help="Accepted for build scripts: the tar is always byte-identical for the same image (SOURCE_DATE_EPOCH, when set, also clamps mtimes)."),
     max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", metavar="N", help="Refuse images with more entries."),
     max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", metavar="N", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
     max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", metavar="SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
