@@ -173,7 +173,7 @@ def convert(
     source: str = typer.Argument(..., metavar="SOURCE", help="Image: PATH, -, docker-archive:PATH[:REF], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF."),
     output: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR", help="Write the root filesystem into this directory."),
     flatten: Optional[str] = typer.Option(None, "--flatten", metavar="FILE", help="Write one tar instead (- for stdout; .gz/.zst/.xz compress)."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive (tag or ref name)."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive: tag or ref name, #N, or a digest (prefix)."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] for multi-platform images (default: this host)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output: a directory there is deleted with everything in it (never one holding the source, . or ~)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip digest and diff_id checks (not recommended)."),
@@ -481,7 +481,7 @@ def ls_command(
     source: str = typer.Argument(..., metavar="SOURCE", help="Image spec (as for convert)."),
     path: Optional[str] = typer.Argument(None, metavar="[PATH]", help="Only this path, what is below it and the directories "
                                          "holding it; globs and symlinks inside the image as for convert --path."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive: tag or ref name, #N, or a digest (prefix)."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document: {\"entries\": [...]}."),
     fmt: str = typer.Option("long", "--format", metavar="long|tree|paths", help="long (like ls -l), tree (canonical listing with sha256), or paths."),
@@ -565,7 +565,7 @@ def ls_command(
 )
 def inspect_command(
     source: str = typer.Argument(..., metavar="SOURCE", help="Image spec (as for convert)."),
-    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive."),
+    ref: Optional[str] = typer.Option(None, "--ref", envvar="ROOTFS_REF", metavar="REF", help="Which image of a multi-image archive: tag or ref name, #N, or a digest (prefix)."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document (shape documented in the README)."),
     entries: bool = typer.Option(False, "--entries", help="Count entries and uncompressed bytes per layer (reads and verifies every layer)."),

@@ -161,36 +161,62 @@ def ref_matches(wanted: str, stored: str) -> bool:
     return False
 
 
-def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *, what: str) -> tuple[Optional[str], Any]:
+def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *, what: str,
+                  digests: Optional[list[Optional[str]]] = None) -> tuple[Optional[str], Any]:
     """Pick the candidate stored under ``ref``.  Without a ref, a single candidate (or
     candidates sharing one name) is chosen; several different ones are an error that lists
-    them (EDGE-CASES 5: two images both tagged ``latest`` are ambiguous)."""
+    them (EDGE-CASES 5: two images both tagged ``latest`` are ambiguous).
+
+    Names come first; a ref no name matches may also be ``#N`` (the N-th image, as the
+    errors list them) or a digest or unique digest prefix (``digests[i]``: the image's
+    config digest in a docker save, its manifest digest in an OCI index, as `rootfs
+    inspect` shows them): untagged images, or two under one tag, are reachable too."""
     if not candidates:
         raise InputError(f"{what}: holds no image")
     if ref is None:
         if len(candidates) == 1:
             names = candidates[0][0]
             return (names[0] if names else None), candidates[0][1]
-        listed = _list_names(candidates)
-        raise ChoiceNeeded(f"{what}: holds {len(candidates)} images; choose one with a reference (--ref NAME, or SOURCE:NAME): {listed}")
+        listed = _list_names(candidates, digests)
+        raise ChoiceNeeded(f"{what}: holds {len(candidates)} images; choose one with a reference (--ref NAME, "
+                           f"#N or a digest; or SOURCE:NAME): {listed}")
     hits = [(names, obj) for names, obj in candidates if any(ref_matches(ref, n) for n in names)]
-    if len(hits) == 1:
+    if not hits:
+        hits = _by_position_or_digest(candidates, ref, digests)
+        if len(hits) == 1:
+            names = hits[0][0]
+            return (names[0] if names else None), hits[0][1]
+    elif len(hits) == 1:
         return ref, hits[0][1]
     if not hits:
-        raise NotFoundError(f"{what}: no image named {ref!r} (available: {_list_names(candidates)})")
-    raise UsageError(f"{what}: {len(hits)} images match {ref!r}; use a more specific reference or a digest")
+        raise NotFoundError(f"{what}: no image named {ref!r} (available: {_list_names(candidates, digests)})")
+    raise UsageError(f"{what}: {len(hits)} images match {ref!r}; use #N or a longer digest "
+                     f"({_list_names(candidates, digests)})")
+
+
+def _by_position_or_digest(candidates: list[tuple[list[str], Any]], ref: str,
+                           digests: Optional[list[Optional[str]]]) -> list[tuple[list[str], Any]]:
+    if ref.startswith("#") and ref[1:].isdigit():
+        n = int(ref[1:])
+        return [candidates[n - 1]] if 1 <= n <= len(candidates) else []
+    want = ref.lower().removeprefix("sha256:").removeprefix("@sha256:")
+    if digests is None or len(want) < 6 or any(c not in "0123456789abcdef" for c in want):
+        return []
+    return [c for c, d in zip(candidates, digests) if d and d.lower().removeprefix("sha256:").startswith(want)]
 
 
 #: images named in a one-line error (`rootfs inspect` lists them all)
 _LISTED = 20
 
 
-def _list_names(candidates: list[tuple[list[str], Any]]) -> str:
+def _list_names(candidates: list[tuple[list[str], Any]], digests: Optional[list[Optional[str]]] = None) -> str:
     names = []
     for i, (ns, _) in enumerate(candidates[:_LISTED]):
         shown = ns[:_LISTED]
         text = ", ".join(shown) + (f" (+{len(ns) - len(shown)} more names)" if len(ns) > len(shown) else "")
-        names.append(text if ns else f"#{i + 1} (untagged)")
+        digest = digests[i] if digests is not None and i < len(digests) else None
+        short = f", {digest[:19]}" if digest else ""
+        names.append(f"#{i + 1} {text}" if ns else f"#{i + 1} (untagged{short})")
     if len(candidates) > _LISTED:
         names.append(f"and {len(candidates) - _LISTED} more (see rootfs inspect)")
     return "; ".join(names)

@@ -372,6 +372,25 @@ def test_edge_05_two_images_tagged_latest_without_ref_are_ambiguous(tmp_path: Pa
         convert(f"oci:{source}", tmp_path / "out")
 
 
+def test_untagged_or_same_tag_images_are_chosen_by_position_or_digest(tmp_path: Path) -> None:
+    """``docker save ID1 ID2`` names no image, and two OCI entries may share a tag: #N (as
+    the errors list them) or a digest prefix (as `rootfs inspect` shows it) picks one."""
+    built = write_docker_archive(tmp_path / "ids.tar", [(_which("a"), None), (_which("b"), None)])
+    with pytest.raises(ChoiceNeeded, match=r"#1 \(untagged, sha256:"):
+        convert(str(tmp_path / "ids.tar"), tmp_path / "out")
+    for ref, want in [("#2", "b"), ("#1", "a"), (built[1].config_digest, "b"), (built[0].config_digest[:19], "a"),
+                      (built[1].config_digest.split(":")[1][:12], "b")]:
+        listing = convert_listing(f"{tmp_path / 'ids.tar'}:{ref}", tmp_path / f"o-{ref[-6:]}", "tar")
+        assert file_content(listing, "which") == sha(want.encode()), ref
+    with pytest.raises(NotFoundError):
+        convert(f"{tmp_path / 'ids.tar'}:#3", tmp_path / "out")
+    layout = write_image("oci-dir", tmp_path, [(_which("a"), "latest"), (_which("b"), "latest")])
+    with pytest.raises(UsageError, match="2 images match 'latest'; use #N or a longer digest"):
+        convert(f"oci:{layout}:latest", tmp_path / "out")
+    assert file_content(convert_listing(f"oci:{layout}:#2", tmp_path / "oci2", "tar"), "which") == sha(b"b")
+    assert not (tmp_path / "out").exists()
+
+
 def test_podman_localhost_names_match_without_the_prefix() -> None:
     from converter.manifests import ref_matches
 

@@ -38,7 +38,8 @@ def image_from_docker_archive(
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise InputError(f"{label}: manifest.json entry {i + 1}: RepoTags is not a list of strings")
         candidates.append((tags, entry))
-    chosen_ref, entry = select_by_ref(candidates, ref, what=label)
+    digests = [_config_digest(e["Config"]) if isinstance(e.get("Config"), str) else None for _, e in candidates]
+    chosen_ref, entry = select_by_ref(candidates, ref, what=label, digests=digests)
 
     cfg_path = entry.get("Config")
     if not isinstance(cfg_path, str) or not cfg_path:

@@ -55,7 +55,7 @@ def image_from_layout(
         desc = choose_platform(matching, platform, what=f"{store.label}: index.json")
         return resolve_descriptor(store, desc, ref=ref or (names[0] if names else None), platform=platform,
                                   source=source, fmt=fmt)
-    chosen_ref, desc = select_by_ref(candidates, ref, what=store.label)
+    chosen_ref, desc = select_by_ref(candidates, ref, what=store.label, digests=[e.digest for e in top])
     return resolve_descriptor(store, desc, ref=chosen_ref, platform=platform, source=source, fmt=fmt)
 
 
