@@ -246,7 +246,11 @@ def convert(
 
                     select_paths(plan, list(paths), with_deps=with_deps, events=events)
                 if bundle:
-                    from .bundle import write_bundle
+                    from .bundle import missing_program, write_bundle
+
+                    why = missing_program(plan, bundle_cfg)
+                    if why is not None:
+                        events.warn("bundle-program-missing", f"{why}: runc will fail to start it (see --cmd, --path)")
 
                     dres = write_bundle(plan, image, out, dir_options, config=bundle_cfg)
                     entries, nbytes, kind = dres.entries, dres.bytes, "bundle"

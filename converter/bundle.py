@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 from .errors import InputError, OutputError, UsageError
 from .ids import IdMapper, IdRange
 from .image import Image
-from .merge import Plan
+from .merge import REG, Node, Plan
 from .sinks.atomic import begin_directory, commit, discard
 from .sinks.directory import DirectoryOptions, DirResult, write_directory
 
@@ -68,6 +68,50 @@ def _id_file(plan: Optional[Plan], path: bytes) -> Optional[list[list[str]]]:
             continue
         records.append(line.split(":"))
     return records
+
+
+def missing_program(plan: Plan, config: dict[str, Any]) -> Optional[str]:
+    """Why runc could not start the bundle's program in ``plan``'s tree, or None: the
+    program (a name without ``/`` looked up in the process's PATH, as runc does), its
+    ``#!`` interpreter or its ELF interpreter is not there.  The sample image's own
+    entrypoint is a script for a /bin/sh it does not have: worth a word before runc says
+    "no such file or directory" about a file that exists."""
+    from .elf import ElfError, parse_elf
+    from .pathselect import Selector, read_node
+
+    process = config.get("process", {})
+    args = process.get("args") or []
+    if not args:
+        return None
+    sel = Selector(plan, plan.events)
+
+    def find(path: str) -> Optional[Node]:
+        stack, _ = sel.lookup(os.fsencode(path))
+        node = stack[-1][1] if stack else None
+        return node if node is not None and node.kind == REG else None
+
+    prog = args[0]
+    if "/" in prog:
+        node = find(prog if prog.startswith("/") else os.path.join(process.get("cwd") or "/", prog))
+    else:
+        path = next((e[5:] for e in process.get("env", []) if e.startswith("PATH=")), "")
+        node = next((n for n in (find(os.path.join(d or ".", prog)) for d in path.split(":") if d.startswith("/")) if n), None)
+    if node is None:
+        return f"the bundle's program {prog!r} is not in the rootfs" + ("" if "/" in prog else " (looked up in its PATH)")
+    try:
+        head = read_node(node, 0, min(node.size, 256))
+        if head.startswith(b"#!"):
+            words = head[2:].split(b"\n", 1)[0].split()
+            interp = os.fsdecode(words[0]) if words else ""
+            if interp and find(interp) is None:
+                return f"the bundle's program {prog!r} is a script for {interp}, which is not in the rootfs"
+        elif head[:4] == b"\x7fELF":
+            info = parse_elf(lambda off, n: read_node(node, off, n), node.size)
+            if info is not None and info.interp and find(os.fsdecode(info.interp)) is None:
+                return f"the bundle's program {prog!r} needs the ELF interpreter {os.fsdecode(info.interp)}, which is not in the rootfs"
+    except (OSError, ElfError):
+        return None
+    return None
 
 
 def _num(text: str) -> Optional[int]:

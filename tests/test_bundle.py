@@ -200,6 +200,29 @@ def test_cmd_and_user_replace_the_image_process(tmp_path: Path) -> None:
     assert _config(out)["process"]["user"] == {"uid": 0, "gid": 50}
 
 
+def test_a_program_runc_could_not_start_is_warned_about(tmp_path: Path) -> None:
+    """The program, its #! interpreter or its ELF interpreter missing from the rootfs is
+    a warning (runc would only say "no such file or directory" about a file that exists)."""
+    true_elf = Path("/bin/true").read_bytes()  # (dynamic: needs the host's ELF interpreter)
+    entries = ETC + [Dir("bin/"), File("bin/script", b"#!/bin/sh\necho hi\n", mode=0o755),
+                     File("bin/true", true_elf, mode=0o755), File("bin/ok", b"\x7fELF static enough", mode=0o755)]
+    src = _image(tmp_path, entries, cmd=["/bin/script"], env=["PATH=/bin"])
+    cases = [
+        ({}, "is a script for /bin/sh, which is not in the rootfs"),
+        ({"bundle_args": ["nosuch"]}, "'nosuch' is not in the rootfs (looked up in its PATH)"),
+        ({"bundle_args": ["true"]}, "needs the ELF interpreter"),
+        ({"bundle_args": ["ok"]}, None),
+        ({"bundle_args": ["/etc/passwd"]}, None),
+    ]
+    for i, (kw, says) in enumerate(cases):
+        result = convert(str(src), tmp_path / f"b{i}", bundle=True, **kw)
+        got = [w.message for w in result.events.warnings if w.kind == "bundle-program-missing"]
+        if says is None:
+            assert got == [], (kw, got)
+        else:
+            assert len(got) == 1 and says in got[0], (kw, got)
+
+
 @pytest.mark.parametrize("kw, error, says", [
     ({"bundle_args": ["/x"]}, UsageError, "need --bundle"),
     ({"bundle_user": "0"}, UsageError, "need --bundle"),
