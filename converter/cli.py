@@ -185,7 +185,7 @@ def convert(
     reproducible: bool = typer.Option(False, "--reproducible", help="Accepted for build scripts: the tar is always byte-identical for the same image (SOURCE_DATE_EPOCH, when set, also clamps mtimes)."),
     max_entries: int = typer.Option(10_000_000, "--max-entries", envvar="ROOTFS_MAX_ENTRIES", metavar="N", help="Refuse images with more entries."),
     max_ratio: int = typer.Option(1000, "--max-ratio", envvar="ROOTFS_MAX_RATIO", metavar="N", help="Refuse layers inflating past 1 GiB and this ratio (0: off)."),
-    max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", metavar="SIZE", help="Refuse to write more than this (e.g. 20G; default: free space)."),
+    max_size: Optional[str] = typer.Option(None, "--max-size", envvar="ROOTFS_MAX_SIZE", metavar="SIZE", help="Refuse to write more than this: file contents, or the whole tar with --flatten (e.g. 20G; default: free space)."),
     layers: Optional[str] = typer.Option(None, "--layers", metavar="N|A..B", help="Apply only the first N layers, or A..B (1-based, inclusive; A.. and ..B are open ranges)."),
     skip_layer: List[str] = typer.Option([], "--skip-layer", metavar="LAYER", help="Leave out a layer: 1-based index, digest or unique prefix; repeatable."),
     only_layer: Optional[str] = typer.Option(None, "--only-layer", metavar="LAYER", help="One layer alone (a tar keeps its .wh. whiteout entries: the raw diff)."),
@@ -357,6 +357,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
+def _tar_size_words(output: str) -> str:
+    """What the tar's byte count is: the tar itself, and what a compressed file holds."""
+    from .sinks.tar import compression_for
+
+    kind = compression_for(output) if output != "-" else "none"
+    if kind == "none" or not os.path.isfile(output):
+        return "of tar"
+    return f"of tar, {_human(os.path.getsize(output))} {kind}-compressed"
+
+
 def _summary(result: Any) -> None:
     what = {"dir": "directory", "tar": "tar", "bundle": "runtime bundle"}[result.kind]
     ref = f" {result.reference}" if result.reference else ""
@@ -364,7 +374,7 @@ def _summary(result: Any) -> None:
         f"converted{ref} ({result.source_format}, {result.platform + ', ' if result.platform else ''}"
         f"{_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
         f"  {_plural(result.entries, 'entry')}, {_human(result.bytes)} "
-        + ("written" if result.kind == "tar" else "of file contents")
+        + (_tar_size_words(result.output) if result.kind == "tar" else "of file contents")
         + ("" if result.verified else "; digests NOT checked (--no-verify)"),
     ]
     if result.warnings:
@@ -517,6 +527,13 @@ def ls_command(
                         raise NotFoundError(f"{path}: not in the image") from None
                 records = list(records_from_plan(plan, hash_files=(fmt == "tree" and not as_json)))
                 records.sort(key=lambda r: r.path)
+                heads: dict[int, bytes] = {}  # a hard-linked inode's first path (as a tar's link head)
+                link_to = {}
+                for r in records:
+                    if r.inode is not None:
+                        head = heads.setdefault(r.inode, r.path)
+                        if head != r.path:
+                            link_to[r.path] = head
                 out = sys.stdout
                 if as_json:
                     entries = []
@@ -528,6 +545,8 @@ def ls_command(
                             "type": r.type, "mode": f"{r.mode:o}", "uid": r.uid, "gid": r.gid,
                             "size": r.size, "target": None if r.target is None else escape(r.target),
                         }
+                        if r.path in link_to:
+                            e["link_to"] = escape(link_to[r.path])  # (the same inode: a hard link)
                         if r.rdev:
                             e["device"] = list(r.rdev)
                         if r.xattrs:
@@ -546,6 +565,8 @@ def ls_command(
                         line = f"{_mode_string(r.type, r.mode)} {r.uid:>5}:{r.gid:<5} {size:>10} {escape(r.path)}"
                         if r.target is not None:
                             line += f" -> {escape(r.target)}"
+                        elif r.path in link_to:
+                            line += f" link to {escape(link_to[r.path])}"
                         out.write(line + "\n")
             finally:
                 plan.close()
@@ -718,7 +739,7 @@ def pull_command(
     to: str = typer.Option(..., "--to", metavar="DEST", help="oci:DIR[:TAG] (an OCI layout, blobs shared between images) or docker-archive:FILE."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] (default: this host)."),
     all_platforms: bool = typer.Option(False, "--all-platforms", help="oci: only: keep the whole index, every platform."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing docker-archive file."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing docker-archive file."),
     creds: Optional[str] = CREDS,
     authfile: Optional[str] = AUTHFILE,
     insecure: bool = INSECURE,

@@ -88,7 +88,19 @@ def test_summary_says_what_its_bytes_count(tmp_path: Path) -> None:
     assert "  2 entries, 7 B of file contents" in r.stderr  # /etc and /etc/hostname
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar"))
     size = (tmp_path / "out.tar").stat().st_size
-    assert r.returncode == 0 and f"{size / 1024:.1f} KiB written" in r.stderr, r.stderr
+    assert r.returncode == 0 and f"{size / 1024:.1f} KiB of tar\n" in r.stderr, r.stderr
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar.gz"))
+    small = (tmp_path / "out.tar.gz").stat().st_size
+    assert r.returncode == 0 and f"{size / 1024:.1f} KiB of tar, {small / 1024:.1f} KiB gzip-compressed" in r.stderr, r.stderr
+
+
+def test_max_size_bounds_the_flattened_tar_headers_included(tmp_path: Path) -> None:
+    """The sample's contents are under 1 KiB but its tar is 34 KiB (headers, padding)."""
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar"), "--max-size", "4K")
+    assert r.returncode == 7 and "the flattened tar passes --max-size 4096 bytes" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar"), "--max-size", "40K", "-q")
+    assert r.returncode == 0 and (tmp_path / "out.tar").stat().st_size <= 40 << 10
     from converter.cli import _plural
 
     assert [_plural(n, "entry") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]

@@ -365,6 +365,9 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
     clamp = options.clamp_mtime
     heads: dict[int, bytes] = {}
     count = 0
+    # --max-size bounds what is written: contents are checked before (write_tar), the
+    # headers and padding on top of them here (many small files can double a tar)
+    limit = options.max_size if options.max_size is not None else 1 << 62
 
     def mtime_of(node: Node) -> tuple[int, Optional[int]]:
         ns = node.mtime_ns
@@ -432,6 +435,8 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
             out.write(build_header(name=path, type=_TYPEFLAG[kind], mode=node.mode, uid=uid, gid=gid, mtime=secs,
                                    mtime_ns=ns, devmajor=node.major, devminor=node.minor, xattrs=xattrs))
         count += 1
+        if out.count > limit:
+            raise LimitError(f"the flattened tar passes --max-size {limit} bytes (at {path.decode('utf-8', 'backslashreplace')})")
     if progress is not None:
         progress("write-done", {"bytes": written})
     return count
