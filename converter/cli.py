@@ -295,6 +295,7 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self._progress = None
+        self._narrow = False
         self._tasks: dict[int, Any] = {}
 
     def event(self, kind: str, info: dict) -> None:
@@ -304,24 +305,32 @@ class _Progress:
             from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-            self._progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[entries]}"), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=_stderr_console(), transient=True,
-            )
+            console = _stderr_console()
+            # binary units, as the summary's; on a narrow terminal (80 columns) fewer
+            # columns rather than every number cut to "1.1/1…"
+            self._narrow = console.width < 110
+            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}"),
+                                  BarColumn(bar_width=16 if self._narrow else 40), DownloadColumn(binary_units=True)]
+            if not self._narrow:
+                columns += [TransferSpeedColumn(), TextColumn("{task.fields[entries]}"), TimeElapsedColumn()]
+            else:
+                columns += [TextColumn("{task.fields[entries]}")]
+            columns.append(TimeRemainingColumn())
+            self._progress = Progress(*columns, console=console, transient=True)
             self._progress.start()
         p = self._progress
         layer = info.get("layer", 0)
         if kind == "layer-start":
-            self._tasks[layer] = p.add_task(f"{info['label']} [{info['compression']}]", total=info.get("size"),
+            label = info["label"].split(" (", 1)[0] if self._narrow else info["label"]  # (no digest when narrow)
+            self._tasks[layer] = p.add_task(f"{label} [{info['compression']}]", total=info.get("size"),
                                             entries="0 entries")
         elif kind == "layer-entries" and layer in self._tasks:
-            p.update(self._tasks[layer], entries=f"{info['entries']} entries", completed=info.get("bytes_in", 0))
+            p.update(self._tasks[layer], entries=_plural(info["entries"], "entry"), completed=info.get("bytes_in", 0))
         elif kind == "layer-done" and layer in self._tasks:
             task = self._tasks[layer]
-            p.update(task, entries=f"{info['entries']} entries", completed=p.tasks[task].total or p.tasks[task].completed)
+            p.update(task, entries=_plural(info["entries"], "entry"), completed=p.tasks[task].total or p.tasks[task].completed)
         elif kind == "write-start":
-            self._tasks["write"] = p.add_task("writing", total=info["bytes"], entries=f"{info['entries']} entries")
+            self._tasks["write"] = p.add_task("writing", total=info["bytes"], entries=_plural(info["entries"], "entry"))
         elif kind in ("write-progress", "write-done") and "write" in self._tasks:
             p.update(self._tasks["write"], completed=info["bytes"])
         elif kind in ("blob-start", "blob-exists"):
