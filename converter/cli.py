@@ -684,6 +684,7 @@ def _show_value(value: Any) -> str:
         "  rootfs diff app-1.0.tar app-1.1.tar\n\n"
         "  rootfs diff oci:layout:v1 oci:layout:v2 --json\n\n"
         "  rootfs diff docker-archive:a.tar oci-archive:b.tar && echo same tree\n\n"
+        "  rootfs diff multi.oci multi.oci --platform-a linux/amd64 --platform-b linux/arm64\n\n"
         "Exit status: 0 identical, 1 different, other codes: errors (as for convert)."
     ),
 )
@@ -691,6 +692,10 @@ def diff_command(
     source_a: str = typer.Argument(..., metavar="SOURCE_A", help="First image spec."),
     source_b: str = typer.Argument(..., metavar="SOURCE_B", help="Second image spec."),
     platform: Optional[str] = typer.Option(None, "--platform", envvar="ROOTFS_PLATFORM", metavar="OS/ARCH", help="os/arch\\[/variant] for both."),
+    ref_a: Optional[str] = typer.Option(None, "--ref-a", metavar="REF", help="Which image of SOURCE_A, if it holds several (as convert's --ref)."),
+    ref_b: Optional[str] = typer.Option(None, "--ref-b", metavar="REF", help="Which image of SOURCE_B, if it holds several."),
+    platform_a: Optional[str] = typer.Option(None, "--platform-a", metavar="OS/ARCH", help="SOURCE_A's platform (e.g. to compare amd64 with arm64)."),
+    platform_b: Optional[str] = typer.Option(None, "--platform-b", metavar="OS/ARCH", help="SOURCE_B's platform."),
     as_json: bool = typer.Option(False, "--json", help="{identical, added, removed, changed: [{path, changes}]}."),
     keep_dirlinks: bool = KEEP_DIRLINKS,
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
@@ -706,7 +711,8 @@ def diff_command(
         from .sources import open_image
         from .treediff import diff_plans
 
-        with open_image(source_a, platform=platform) as ia, open_image(source_b, platform=platform) as ib:
+        with open_image(source_a, ref=ref_a, platform=platform_a or platform) as ia, \
+                open_image(source_b, ref=ref_b, platform=platform_b or platform) as ib:
             pa = plan_image(ia, keep_dirlinks=keep_dirlinks)
             pb = plan_image(ib, keep_dirlinks=keep_dirlinks)
             try:

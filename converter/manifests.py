@@ -179,7 +179,7 @@ def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *
             return (names[0] if names else None), candidates[0][1]
         listed = _list_names(candidates, digests)
         raise ChoiceNeeded(f"{what}: holds {len(candidates)} images; choose one with a reference (--ref NAME, "
-                           f"#N or a digest; or SOURCE:NAME): {listed}")
+                           f"#N or a digest; or SOURCE:NAME; diff: --ref-a/--ref-b): {listed}")
     hits = [(names, obj) for names, obj in candidates if any(ref_matches(ref, n) for n in names)]
     if not hits:
         hits = _by_position_or_digest(candidates, ref, digests)

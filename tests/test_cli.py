@@ -189,6 +189,20 @@ def test_inspect_into_a_closed_pipe_exits_141() -> None:
     assert p.wait(60) == 141 and err == b"", err
 
 
+def test_diff_chooses_each_side_s_image_and_platform() -> None:
+    real = ROOT / "fixtures" / "real"
+    multi = str(real / "multiarch.oci-index")
+    r = rootfs("diff", multi, multi, "--platform-a", "linux/amd64", "--platform-b", "linux/arm64/v8", "--json")
+    assert r.returncode in (0, 1), r.stderr
+    same = rootfs("diff", multi, multi, "--platform-a", "linux/amd64", "--platform-b", "linux/amd64")
+    assert same.returncode == 0 and same.stdout == "", same.stderr
+    two = str(real / "edge-classic-buildkit.docker-save.tar")
+    r = rootfs("diff", two, two)
+    assert r.returncode == 2 and "--ref-a/--ref-b" in r.stderr, r.stderr
+    r = rootfs("diff", two, two, "--ref-a", "public/edge:classic", "--ref-b", "#1")
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+
+
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "x.tar"), env={"NO_COLOR": ""})
     assert r.returncode == 0, r.stderr
