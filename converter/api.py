@@ -256,7 +256,7 @@ def convert(
                     entries, nbytes, kind = dres.entries, dres.bytes, "bundle"
                 elif flatten:
                     res = write_tar(plan, out, TarOptions(force=force, ids=mapper, clamp_mtime=source_date_epoch,
-                                                          max_size=max_size, progress=progress))
+                                                          max_size=max_size, max_ratio=max_ratio, progress=progress))
                     entries, nbytes, kind = res.entries, res.bytes, "tar"
                 else:
                     dres = write_directory(plan, out, dir_options)

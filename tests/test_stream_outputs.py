@@ -164,3 +164,19 @@ def test_a_mount_point_is_refused_before_any_work() -> None:
         r = rootfs("convert", str(SAMPLE), "-o", "/proc", "-q", *force)
         assert r.returncode == 8 and b"/proc: is a mount point" in r.stderr and b"tar -xpf - -C /proc" in r.stderr, r.stderr
     assert not [name for name in os.listdir("/") if name.startswith("proc.")]
+
+
+def test_a_sparse_file_that_would_fill_a_tar_is_refused_but_written_as_holes(tmp_path: Path) -> None:
+    """A 512-byte entry declaring 400 GiB: holes cost nothing in a directory, but a tar
+    writes them out as zeros (it kept `--flatten -` busy for hours)."""
+    from converter.testing.imagegen import ImageSpec, Layer, Sparse, write_docker_archive
+
+    src = tmp_path / "img.tar"
+    write_docker_archive(src, ImageSpec([Layer([Sparse("big", 400 << 30, [(0, b"x" * 512)], style="pax0.1")])]))
+    r = rootfs("convert", str(src), "--flatten", "-", "-q")
+    assert r.returncode == 7 and b"'big': a sparse file of 429496729600 bytes from 512 stored" in r.stderr, r.stderr
+    assert r.stdout == b""
+    r = rootfs("convert", str(src), "-o", str(tmp_path / "out"), "-q")
+    assert r.returncode == 0, r.stderr
+    st = os.stat(tmp_path / "out" / "big")
+    assert st.st_size == 400 << 30 and st.st_blocks * 512 < 1 << 20

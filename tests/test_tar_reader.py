@@ -589,6 +589,17 @@ def test_sparse_map_inconsistent_with_data_is_a_format_error() -> None:
         read_all(data)
 
 
+@pytest.mark.parametrize("segs", [b"0,20,10,20", b"50,10,0,10", b"0,10,0,10"], ids=["overlap", "unsorted", "repeated"])
+def test_sparse_map_out_of_file_order_is_a_format_error(segs: bytes) -> None:
+    """Overlapping segments describe more bytes than the file holds: replayed into a
+    flattened tar they spilled into the next header's place (an entry of the attacker's
+    choosing, ../ included, appeared in the output tar)."""
+    size = sum(int(n) for n in segs.split(b",")[1::2])
+    data = pax([(b"GNU.sparse.size", b"100"), (b"GNU.sparse.map", segs)]) + member(b"f", b"x" * size) + END
+    with pytest.raises(TarFormatError, match="overlaps or precedes"):
+        read_all(data)
+
+
 def test_sparse_10_map_spanning_blocks_and_limit() -> None:
     segs = [(i * 1000, 3) for i in range(200)]
     text = b"%d\n" % len(segs) + b"".join(b"%d\n%d\n" % s for s in segs)

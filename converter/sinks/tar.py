@@ -23,6 +23,7 @@ from ..errors import LimitError, OutputError, UsageError
 from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
+from ..paths import show
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
 from .atomic import claim, commit, discard, stream_destination
 
@@ -42,6 +43,9 @@ class TarOptions:
     level: Optional[int] = None
     #: --max-size: refuse a tar whose contents are larger
     max_size: Optional[int] = None
+    #: --max-ratio: a sparse file is written out whole in a tar (holes as zeros), so one
+    #: that expands past 1 GiB and this many times its stored bytes is refused (0: off)
+    max_ratio: int = 1000
     #: called with ("write-start", {"bytes", "entries"}), ("write-progress", {"bytes"})
     #: and ("write-done", {"bytes"}): the bytes of file contents written so far
     progress: Optional[Callable[[str, dict], None]] = None
@@ -462,6 +466,17 @@ def _contents(plan: Plan) -> tuple[int, int]:
     return total, entries
 
 
+def _check_sparse_expansion(plan: Plan, max_ratio: int) -> None:
+    """Refuse, before writing anything, a sparse file whose holes would fill the tar: a
+    512-byte entry declaring 400 GiB kept `--flatten -` writing zeros for hours."""
+    if not max_ratio:
+        return
+    for path, node in plan.walk():
+        if node.kind == REG and node.sparse is not None and node.size > 1 << 30 and node.size > max_ratio * max(node.stored_size, 512):
+            raise LimitError(f"{show(path)}: a sparse file of {node.size} bytes from {node.stored_size} stored: written out "
+                             f"in a tar, more than {max_ratio}x (see --max-ratio)")
+
+
 def _write_content(out: Union[_Out, _PipedOut], node: Node) -> None:
     if not node.size:
         return
@@ -471,6 +486,9 @@ def _write_content(out: Union[_Out, _PipedOut], node: Node) -> None:
     pos = 0
     src = node.offset
     for file_off, length in node.sparse:
+        if file_off < pos or file_off + length > node.size:
+            # (the reader refuses such maps; never let one put bytes where a header goes)
+            raise RuntimeError(f"sparse map out of order for a {node.size}-byte file")
         if file_off > pos:
             out.zeros(file_off - pos)
             pos = file_off
@@ -486,6 +504,7 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
     """Write the flattened tar to ``dest`` (atomically) or ``-`` (stdout)."""
     options = options or TarOptions()
     kind = options.compression or (compression_for(dest) if dest != "-" else "none")
+    _check_sparse_expansion(plan, options.max_ratio)
     if options.max_size is not None:
         need, _ = _contents(plan)
         if need > options.max_size:

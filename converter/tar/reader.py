@@ -1239,12 +1239,20 @@ class TarReader:
         return segments, used
 
     def _check_sparse(self, segments: list[tuple[int, int]], size: int, real_size: int, name: bytes, where: int) -> None:
-        total = 0
+        """A map is in file order without overlaps, as every tar writes one: an
+        overlapping one describes more bytes than the file holds, and a writer replaying
+        it would put data where the next header belongs (a tar inside the tar)."""
+        total = end = 0
         for off, num in segments:
             if off < 0 or num < 0 or off + num > real_size:
                 raise self._format_error(
                     f"sparse segment ({off}, {num}) lies outside the file's {real_size} bytes", name, where
                 )
+            if off < end:
+                raise self._format_error(
+                    f"sparse segment ({off}, {num}) overlaps or precedes the one before it (which ends at {end})", name, where
+                )
+            end = off + num
             total += num
         if total != size:
             raise self._format_error(
