@@ -391,6 +391,26 @@ def test_untagged_or_same_tag_images_are_chosen_by_position_or_digest(tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_nested_index_listed_many_times_is_expanded_once(tmp_path: Path) -> None:
+    """Seven levels of an index listing its child eight times: 8**7 entries (2 million,
+    gigabytes) when expanded naively; each index is read once now."""
+    layout = write_image("oci-dir", tmp_path, _which("a"))
+    index = json.loads((layout / "index.json").read_text())
+    child = index["manifests"][0]
+    child = {k: v for k, v in child.items() if k != "annotations"}
+    child["platform"] = {"os": "linux", "architecture": "amd64"}
+    for _ in range(7):
+        doc = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                          "manifests": [child] * 8}).encode()
+        digest = hashlib.sha256(doc).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(doc)
+        child = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}", "size": len(doc)}
+    index["manifests"] = [{**child, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]
+    (layout / "index.json").write_text(json.dumps(index))
+    listing = convert_listing(f"oci:{layout}", tmp_path / "out", "tar", platform="linux/amd64")
+    assert file_content(listing, "which") == sha(b"a")
+
+
 def test_podman_localhost_names_match_without_the_prefix() -> None:
     from converter.manifests import ref_matches
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..errors import InputError, NotFoundError
+from ..errors import InputError, LimitError, NotFoundError
 from ..image import Image, Layer, Platform
 from ..manifests import (
     CONTAINERD_NAME,
@@ -103,21 +103,36 @@ def resolve_descriptor(
     return image_from_manifest(store, doc, chosen.digest, ref=ref, source=source, fmt=fmt)
 
 
-def _flatten_index(store: BlobStore, doc: dict[str, Any], *, what: str, depth: int) -> list[Descriptor]:
+#: image entries an index may expand to, nested indexes included
+MAX_INDEX_ENTRIES = 100_000
+
+
+def _flatten_index(store: BlobStore, doc: dict[str, Any], *, what: str, depth: int,
+                   seen: Optional[set[str]] = None, out: Optional[list[Descriptor]] = None) -> list[Descriptor]:
     """The image manifests an index lists, nested indexes expanded (EDGE-CASES 8): a
-    nested index's entries carry the platforms, the entry pointing at it usually none."""
+    nested index's entries carry the platforms, the entry pointing at it usually none.
+    Each nested index is expanded once, however often it is listed (eight levels of an
+    index listing its child eight times were 16 million entries and 3 GB), and the
+    expansion is bounded."""
     if depth >= MAX_INDEX_DEPTH:
         raise InputError(f"{what}: indexes nested more than {MAX_INDEX_DEPTH} deep")
-    out: list[Descriptor] = []
+    seen = set() if seen is None else seen
+    out = [] if out is None else out
     for entry in index_entries(doc, what=what):
         if entry.is_attestation:
             continue
         if entry.media_type in INDEX_TYPES:
+            if entry.digest in seen:
+                continue
+            seen.add(entry.digest)
             nested = store.read_json_blob(entry.digest, entry.size, what="index")
             if kind_of(nested, entry.media_type, what=f"{store.label}: index {entry.digest}") == "index":
-                out.extend(_flatten_index(store, nested, what=f"{store.label}: index {entry.digest}", depth=depth + 1))
+                _flatten_index(store, nested, what=f"{store.label}: index {entry.digest}", depth=depth + 1,
+                               seen=seen, out=out)
                 continue
         out.append(entry)
+        if len(out) > MAX_INDEX_ENTRIES:
+            raise LimitError(f"{what}: the index lists more than {MAX_INDEX_ENTRIES} images")
     return out
 
 
