@@ -1032,6 +1032,52 @@ def test_edge_48_chain_of_links_before_their_target(tmp_path: Path, sink: str) -
     assert got.listing == expect(F("a", b"c", link="c"), F("b", b"c", link="c"), F("c", b"c", link="c"))
 
 
+def test_edge_48_a_long_chain_resolves_in_linear_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links retried until nothing changed resolved one link a pass: 12,000 of them in a
+    chain ran for minutes.  Counted, not timed: each link is tried a bounded number of
+    times."""
+    from converter.merge import Merger
+
+    n = 2000
+    layer = [Hardlink(f"h{i}", f"h{i - 1}") for i in range(n, 0, -1)] + [File("h0", b"base")]
+    calls = []
+    real = Merger._hardlink
+
+    def counting(self, entry, parts, *, final):  # type: ignore[no-untyped-def]
+        calls.append(parts)
+        return real(self, entry, parts, final=final)
+
+    monkeypatch.setattr(Merger, "_hardlink", counting)
+    got = run(image(layer), tmp_path, "tar")
+    assert len(calls) <= 3 * n
+    assert got.listing.count("\tf\t") == n + 1  # every name, one inode (a regular-file line each)
+    assert all(f"h{i}\t" in got.listing for i in range(n + 1))
+
+
+def test_edge_26_a_repeated_opaque_marker_hides_once(tmp_path: Path, sink: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker repeated in one layer changes nothing after the first (nothing lower can
+    come back): 20,000 markers over 20,000 files had each rescanned the directory."""
+    import builtins
+
+    import converter.merge as merge_mod
+
+    n = 300
+    spec = image([Dir("d/")] + [File(f"d/old{i}", b"") for i in range(n)],
+                 [File(f"d/new{i}", b"") for i in range(n)] + [Opaque("d")] * n)
+    listed = [0]  # names the merge copied out of directories to scan them
+
+    def counting_list(*args):  # type: ignore[no-untyped-def]
+        out = builtins.list(*args)
+        listed[0] += len(out)
+        return out
+
+    monkeypatch.setattr(merge_mod, "list", counting_list, raising=False)
+    got = run(spec, tmp_path, sink)
+    names = [line.split("\t")[0] for line in got.listing.splitlines()]
+    assert sorted(n_ for n_ in names if n_.startswith("d/")) == sorted(f"d/new{i}" for i in range(n))
+    assert listed[0] <= 4 * n  # (one scan of d; the repeats stop at once: not n scans of n)
+
+
 def test_edge_48_later_entry_replaces_an_unresolved_link(tmp_path: Path, sink: str) -> None:
     # (its target comes later in the layer: a link to something, replaced; see 57 for
     # one to nothing)
