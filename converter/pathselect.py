@@ -30,7 +30,7 @@ import fnmatch
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from .elf import (
     ElfError,
@@ -184,33 +184,44 @@ class Selector:
 
     # ----- globbing ---------------------------------------------------------------------
     def glob(self, pattern: bytes) -> list[_Match]:
-        """Every match of ``pattern`` in the view, in a deterministic order."""
+        """Every match of ``pattern`` in the view, in a deterministic order.
+
+        The places reached at each step are kept once each, with the union of the trails
+        that lead there: what a match keeps is its physical place plus every way to it, so
+        nothing changes, but 150 symlinks to / made ``/*/*/*/x`` 3.4 million ways (1.8 GB)
+        where there is one place."""
         comps = _components(pattern)
         root: Stack = [(b"", self.root)]
         if not comps:
             return [_Match(root, [], ())]
-        positions: list[tuple[Stack, list[Parts]]] = [(root, [])]
-        matches: list[_Match] = []
+        positions: dict[Parts, tuple[Stack, dict[Parts, None]]] = {(): (root, {})}
+        matches: dict[tuple[Parts, bool], tuple[Stack, dict[Parts, None]]] = {}
+
+        def reach(into: dict, key: object, stack: Stack, *trails: Any) -> None:
+            got = into.get(key)
+            if got is None:
+                got = into[key] = (stack, {})
+            for trail in trails:
+                got[1].update(dict.fromkeys(trail))
+
         for i, comp in enumerate(comps):
             last = i == len(comps) - 1
-            nxt: list[tuple[Stack, list[Parts]]] = []
+            nxt: dict[Parts, tuple[Stack, dict[Parts, None]]] = {}
             # directories a ``**`` of this step has already gone through, by the way
             # there: a position below one expanded before adds nothing (without this,
             # ``a/**/b/**`` over a deep tree grew with the cube of its depth)
-            expanded: dict[tuple[Parts, ...], set[int]] = {}
-            for stack, links in positions:
+            expanded: dict[frozenset[Parts], set[int]] = {}
+            for stack, links in positions.values():
                 if comp in (b"..", b"**"):
                     if comp == b"..":
                         # the directory left must stay: the way goes through it
                         reached = [stack[:-1] if len(stack) > 1 else stack]
-                        way = links + [_parts(stack)] if len(stack) > 1 else links
+                        way = [_parts(stack)] if len(stack) > 1 else []
                     else:
-                        reached = _descendant_dirs(stack, expanded.setdefault(tuple(links), set()))
-                        way = links
-                    if last:  # the positions themselves match
-                        matches.extend(_Match(s, way, _parts(s)) for s in reached)
-                    else:
-                        nxt.extend((s, way) for s in reached)
+                        reached = _descendant_dirs(stack, expanded.setdefault(frozenset(links), set()))
+                        way = []
+                    for s in reached:
+                        reach(matches if last else nxt, (_parts(s), True) if last else _parts(s), s, links, way)
                     continue
                 children = stack[-1][1].children or {}
                 if any(ch in comp for ch in _GLOB_CHARS):
@@ -227,20 +238,13 @@ class Selector:
                         self.events.warn("symlink-loop", f"{show(entry)}: too many levels of symbolic links; kept as it is", path=_text(entry))
                     if last:
                         if res is None:
-                            matches.append(_Match(stack + [(name, children[name])], links + new_links, entry, resolved=False))
+                            reach(matches, (entry, False), stack + [(name, children[name])], links, new_links)
                         else:
-                            matches.append(_Match(res, links + new_links, entry))
+                            reach(matches, (entry, True), res, links, new_links)
                     elif res is not None and res[-1][1].kind == DIR:
-                        nxt.append((res, links + new_links))
-            # the same place reached the same way twice (``**`` overlaps) counts once
-            seen: set[tuple[Parts, tuple[Parts, ...]]] = set()
-            positions = []
-            for stack, links in nxt:
-                key = (_parts(stack), tuple(links))
-                if key not in seen:
-                    seen.add(key)
-                    positions.append((stack, links))
-        return matches
+                        reach(nxt, _parts(res), res, links, new_links)
+            positions = nxt
+        return [_Match(stack, list(trail), entry, resolved=resolved) for (entry, resolved), (stack, trail) in matches.items()]
 
     def select(self, pattern: str) -> int:
         raw = os.fsencode(pattern)

@@ -129,6 +129,37 @@ def test_several_double_stars_over_a_deep_tree_find_each_place_once(tmp_path: Pa
             plan.close()
 
 
+def test_many_symlinks_to_one_place_are_one_place_with_every_way_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an audit: 150 symlinks to / made ``/*/*/*/x`` 3.4 million ways to one place
+    (1.8 GB).  A place is reached once per step, with every symlink that leads there
+    kept, so the selection is the same."""
+    from converter.merge import build_plan
+    from converter.pathselect import Selector
+    from converter.sources import open_image
+
+    links = [Symlink(f"l{i:02}", "/") for i in range(40)]
+    write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=[Layer([File("f", b"x"), *links])]))
+    with open_image(str(tmp_path / "img.tar")) as img:
+        plan = build_plan(img)
+        try:
+            selector = Selector(plan, Events())
+            calls = [0]
+            real = Selector.resolve
+
+            def counting(self, *args, **kw):  # type: ignore[no-untyped-def]
+                calls[0] += 1
+                return real(self, *args, **kw)
+
+            monkeypatch.setattr(Selector, "resolve", counting)
+            (match,) = selector.glob(b"/*/*/*/f")
+            assert match.entry == (b"f",) and sorted(match.links) == [(f"l{i:02}".encode(),) for i in range(40)]
+            assert calls[0] < 500  # (40 ** 3 ways were tried one by one)
+        finally:
+            plan.close()
+    got = run(image([File("f", b"x"), *links]), tmp_path / "sel", "tar", paths=["/*/*/f"])
+    assert got.listing == expect(F("f", b"x"), *(L(f"l{i:02}", "/") for i in range(40)))
+
+
 def test_directory_keeps_its_whole_subtree_without_following_links_inside(tmp_path: Path, sink: str) -> None:
     got = run(image(BASE), tmp_path, sink, paths=["/etc"])
     assert got.listing == expect(
