@@ -15,12 +15,16 @@ import threading
 import zlib
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import ConverterError, InputError, IntegrityError
+from .errors import ConverterError, InputError, IntegrityError, LimitError
 
 NONE, GZIP, ZSTD, XZ, BZIP2 = "none", "gzip", "zstd", "xz", "bzip2"
 KINDS = (NONE, GZIP, ZSTD, XZ, BZIP2)
 SNIFF_BYTES = 512
 PIECE = 512 << 10  # decompressed bytes per queue item
+#: the most memory a decoder may ask for: a zstd window or an xz dictionary is allocated
+#: whole, whatever the data (a 1 GiB window in a few bytes of header cost 1 GB of RSS).
+#: 128 MiB is zstd's own default limit (--long=27) and twice what xz -9 needs.
+MAX_DECODER_MEMORY = 128 << 20
 
 try:  # isal inflates about twice as fast as zlib; zlib-ng next; stdlib zlib always works
     from isal import isal_zlib as _gzip_impl  # type: ignore[import-not-found]
@@ -93,7 +97,7 @@ class _Inflater:
         if self.kind == GZIP:
             return _gzip_impl.decompressobj(wbits=31)
         if self.kind == XZ:
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_DECODER_MEMORY)
         if self.kind == BZIP2:
             return bz2.BZ2Decompressor()
         raise AssertionError(self.kind)
@@ -135,6 +139,8 @@ class _Inflater:
                     else:
                         data = b""
             except (*_GZIP_ERRORS, lzma.LZMAError, OSError, ValueError, EOFError) as exc:
+                if isinstance(exc, lzma.LZMAError) and "memory" in str(exc).lower():
+                    raise _too_much_memory(self.what, "xz") from None
                 raise InputError(f"{self.what}: corrupt {self.kind} data: {exc}") from None
 
     def end(self) -> Iterator[bytes]:
@@ -274,7 +280,7 @@ class ZstdReader:
                 return chunk
 
         self._raw = _Raw()
-        self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 30).stream_reader(
+        self._reader = zstandard.ZstdDecompressor(max_window_size=MAX_DECODER_MEMORY).stream_reader(
             self._raw, read_size=PIECE, read_across_frames=True)
         self._codec_error = zstandard.ZstdError
         self._ended = False
@@ -305,9 +311,16 @@ class ZstdReader:
 
     def _error(self, exc: BaseException) -> InputError:
         msg = str(exc)
+        if "too much memory" in msg or "window" in msg.lower():
+            return _too_much_memory(self.what, "zstd")
         if "incomplete" in msg or "truncat" in msg or "end of" in msg:
             return IntegrityError(f"{self.what}: truncated zstd data: {msg}")
         return InputError(f"{self.what}: corrupt zstd data: {msg}")
+
+
+def _too_much_memory(what: str, kind: str) -> LimitError:
+    return LimitError(f"{what}: the {kind} data needs more than {MAX_DECODER_MEMORY >> 20} MiB of memory to "
+                      f"decode (a window or dictionary larger than any real image uses)")
 
 
 def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) -> Iterator[bytes]:

@@ -454,3 +454,34 @@ def test_negative_limits_are_usage_errors(arena: Arena, unprivileged: Runner, op
     image = _sized_image(arena)
     _cli_one_line(unprivileged.cli("convert", image, "-o", arena.out_dir, *option), 2)
     _nothing_left(arena, arena.out_dir)
+
+
+@pytest.mark.parametrize("kind", ["zstd", "xz"])
+def test_a_decoder_that_asks_for_huge_memory_is_refused(kind: str) -> None:
+    """A zstd window or an xz dictionary is allocated whole from a few header bytes: a
+    1 GiB one in a tiny layer cost 1 GB of memory.  Over 128 MiB is refused (exit 7);
+    what real tools write (zstd up to --long=27, xz -9 with 64 MiB) still decodes."""
+    import lzma
+
+    import zstandard
+
+    from converter import compression
+
+    data = b"layer bytes " * 1000
+
+    def encode(big: bool) -> bytes:
+        if kind == "zstd":
+            params = zstandard.ZstdCompressionParameters.from_level(3, window_log=28 if big else 27, write_content_size=0)
+            stream = zstandard.ZstdCompressor(compression_params=params).compressobj()  # (size unknown: the window stays)
+            return stream.compress(data) + stream.flush()
+        dict_size = (256 if big else 64) << 20
+        return lzma.compress(data, format=lzma.FORMAT_XZ, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}])
+
+    def inflate(blob: bytes) -> bytes:
+        pieces = iter([blob])
+        return b"".join(compression.inflate_pieces(kind, lambda n: next(pieces, b""), what="layer 1"))
+
+    assert inflate(encode(big=False)) == data
+    with pytest.raises(LimitError, match="needs more than 128 MiB of memory to decode"):
+        inflate(encode(big=True))
+    assert EXIT_CODES[LimitError.exit_code]
