@@ -115,7 +115,7 @@ def missing_program(plan: Plan, config: dict[str, Any]) -> Optional[str]:
 
 
 def _num(text: str) -> Optional[int]:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # (not '²' or Arabic-Indic digits, which isdigit() accepts)
         value = int(text)
         if value < 1 << 32:
             return value

@@ -147,7 +147,7 @@ def _size(text: Optional[str]) -> Optional[int]:
         t = t[:-1]
     try:
         return int(float(t) * mult)
-    except ValueError:
+    except (ValueError, OverflowError):  # ("inf", "nan", 1e400)
         from .errors import UsageError
 
         raise UsageError(f"bad size {text!r}: use bytes or a suffix K, M, G, T") from None

@@ -56,20 +56,36 @@ class ImageInfo:
         return asdict(self)
 
 
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _strings(value: Any) -> Optional[list[str]]:
+    """A list of strings as the config should hold it (a lone string as one), else None:
+    inspect shows what is well-formed and leaves out what is not (a Labels list or an Env
+    number had ended in an internal error)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
 def _config_summary(config: dict[str, Any]) -> dict[str, Any]:
     c = config.get("config") if isinstance(config.get("config"), dict) else {}
     ports = c.get("ExposedPorts") if isinstance(c.get("ExposedPorts"), dict) else {}
+    labels = c.get("Labels") if isinstance(c.get("Labels"), dict) else {}
     return {
-        "entrypoint": c.get("Entrypoint"),
-        "cmd": c.get("Cmd"),
-        "env": c.get("Env") or [],
-        "user": c.get("User") or "",
-        "workdir": c.get("WorkingDir") or "",
-        "exposed_ports": sorted(ports),
-        "labels": c.get("Labels") or {},
-        "stop_signal": c.get("StopSignal"),
-        "created": config.get("created"),
-        "author": config.get("author"),
+        "entrypoint": _strings(c.get("Entrypoint")),
+        "cmd": _strings(c.get("Cmd")),
+        "env": _strings(c.get("Env")) or [],
+        "user": _text(c.get("User")) or "",
+        "workdir": _text(c.get("WorkingDir")) or "",
+        "exposed_ports": sorted(str(p) for p in ports),
+        "labels": {str(k): v for k, v in labels.items() if isinstance(v, str)},
+        "stop_signal": _text(c.get("StopSignal")),
+        "created": _text(config.get("created")),
+        "author": _text(config.get("author")),
     }
 
 
@@ -82,10 +98,10 @@ def _history(config: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(h, dict):
             continue
         out.append({
-            "created": h.get("created"),
-            "created_by": h.get("created_by"),
-            "comment": h.get("comment"),
-            "empty_layer": bool(h.get("empty_layer", False)),
+            "created": _text(h.get("created")),
+            "created_by": _text(h.get("created_by")),
+            "comment": _text(h.get("comment")),
+            "empty_layer": h.get("empty_layer") is True,
         })
     return out
 
@@ -146,7 +162,10 @@ def inspect(
     from .sources import list_choices
 
     with _stdin_readable_twice(source == "-"):  # (the choices, then the image)
-        choices = list_choices(source) if not source.startswith("docker://") else []
+        try:
+            choices = list_choices(source) if not source.startswith("docker://") else []
+        except OSError:
+            choices = []  # (open_image says what is wrong with the source)
         try:
             with open_image(source, ref=ref, platform=platform) as image:
                 info = describe(image, count_entries=count_entries)

@@ -228,7 +228,9 @@ def test_a_program_runc_could_not_start_is_warned_about(tmp_path: Path) -> None:
     ({"bundle_user": "0"}, UsageError, "need --bundle"),
     ({"bundle": True, "bundle_args": []}, UsageError, "give the program"),
     ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "nobody"}, UsageError, "--user 'nobody': no user 'nobody'"),
-], ids=["cmd-alone", "user-alone", "empty-cmd", "unknown-user"])
+    ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "\u00b2"}, UsageError, "no user '\u00b2'"),  # (isdigit, not a number)
+    ({"bundle": True, "bundle_args": ["/x"], "bundle_user": "\u0661\u0662"}, UsageError, "no user"),  # (int() reads it; ids are ASCII)
+], ids=["cmd-alone", "user-alone", "empty-cmd", "unknown-user", "superscript-digit", "arabic-digits"])
 def test_bad_process_overrides_write_nothing(tmp_path: Path, kw: dict, error: type, says: str) -> None:
     src = _image(tmp_path, ETC + [File("x", b"x")], cmd=["/x"])
     with pytest.raises(error, match=re.escape(says)):

@@ -56,7 +56,9 @@ def test_usage_error_needs_exactly_one_output(tmp_path: Path) -> None:
     (["convert", "SAMPLE", "-o", "OUT", "--max-entries", "many"], "'many' is not a valid"),
     (["nosuch"], "No such command 'nosuch'"),
     (["convert", "SAMPLE", "-o", "OUT", "-q", "-v"], "-q (only errors) and -v"),
-], ids=["unknown-option", "missing-argument", "bad-number", "unknown-command", "quiet-and-verbose"])
+    (["convert", "SAMPLE", "-o", "OUT", "--max-size", "inf"], "bad size 'inf'"),
+    (["convert", "SAMPLE", "-o", "OUT", "--max-size", "1e400"], "bad size '1e400'"),
+], ids=["unknown-option", "missing-argument", "bad-number", "unknown-command", "quiet-and-verbose", "size-inf", "size-huge"])
 def test_command_line_mistakes_are_one_line_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
     out = tmp_path / "out"
     r = rootfs(*[str(SAMPLE) if a == "SAMPLE" else str(out) if a == "OUT" else a for a in args])
@@ -201,6 +203,27 @@ def test_diff_chooses_each_side_s_image_and_platform() -> None:
     assert r.returncode == 2 and "--ref-a/--ref-b" in r.stderr, r.stderr
     r = rootfs("diff", two, two, "--ref-a", "public/edge:classic", "--ref-b", "#1")
     assert r.returncode == 0 and r.stdout == "", r.stderr
+
+
+def test_inspect_shows_what_is_well_formed_of_a_malformed_config(tmp_path: Path) -> None:
+    """Labels as a list, Env as a number, history lines as objects: shown as absent, not
+    an internal error; NaN is not JSON (and is refused like any malformed JSON)."""
+    from converter.testing.imagegen import File, ImageSpec, Layer, write_docker_archive
+
+    odd = {"config": {"Labels": ["a"], "Env": 5, "Cmd": {"x": 1}, "User": 7, "ExposedPorts": {"80/tcp": {}}},
+           "history": [{"created_by": {"x": 1}, "empty_layer": "yes"}], "created": [[[]]]}
+    write_docker_archive(tmp_path / "odd.tar", ImageSpec([Layer([File("f", b"x")])], config_overrides=odd))
+    r = rootfs("inspect", str(tmp_path / "odd.tar"), "--json")
+    assert r.returncode == 0, r.stderr
+    config = json.loads(r.stdout)["config"]
+    assert (config["labels"], config["env"], config["cmd"], config["user"], config["created"]) == ({}, [], None, "", None)
+    assert config["exposed_ports"] == ["80/tcp"]
+    from converter.errors import InputError
+    from converter.sources.archive import parse_json
+
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(InputError, match="is not JSON"):
+            parse_json(b'{"created": %s}' % constant, what="config")
 
 
 def test_output_to_a_pipe_has_no_progress_or_colour(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Optional
 
 from .. import compression
-from ..errors import InputError, IntegrityError, NotFoundError
+from ..errors import InputError, IntegrityError, NotFoundError, OutputError
 from ..image import Blob, FileRegion, close_fd
 from ..paths import join, show, split_name
 from ..tar.reader import FileSource, TarReader
@@ -170,9 +170,13 @@ def json_too_large(what: str, size: int) -> InputError:
     return InputError(f"{what} is {size} bytes, larger than any sane JSON document (limit {MAX_JSON >> 20} MiB)")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # (Python would accept NaN and Infinity; JSON does not)
+
+
 def parse_json(data: bytes, *, what: str) -> Any:
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise InputError(f"{what}: JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers past the digit limit
@@ -268,7 +272,11 @@ def _spool(src_fd: int, *, label: str, seekable: bool) -> int:
                         break
                     view = buf[:got]
                     while view:
-                        written = os.write(out_fd, view)
+                        try:
+                            written = os.write(out_fd, view)
+                        except OSError as exc:  # (a full $TMPDIR is the machine's state, not a bug)
+                            raise OutputError(f"{label}: cannot copy the image to a temporary file "
+                                              f"(TMPDIR={tempfile.gettempdir()}): {exc.strerror}") from None
                         view = view[written:]
             finally:
                 reader.close()

@@ -110,6 +110,8 @@ def docker_archive_choices(archive: TarArchive) -> list[dict[str, Any]]:
         if not isinstance(entry, dict):
             continue
         tags = entry.get("RepoTags") or [None]
+        if not isinstance(tags, list) or not all(isinstance(t, str) or t is None for t in tags):
+            raise InputError(f"{archive.label}: manifest.json: RepoTags is not a list of strings")
         platform = None
         cfg = entry.get("Config")
         if isinstance(cfg, str):

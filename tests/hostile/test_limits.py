@@ -485,3 +485,28 @@ def test_a_decoder_that_asks_for_huge_memory_is_refused(kind: str) -> None:
     with pytest.raises(LimitError, match="needs more than 128 MiB of memory to decode"):
         inflate(encode(big=True))
     assert EXIT_CODES[LimitError.exit_code]
+
+
+def test_a_full_temporary_directory_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed outer archive is copied to $TMPDIR once; a full one is said so (exit
+    8), where it was an internal error (exit 70)."""
+    import errno
+    import gzip
+
+    from converter.sources import archive as archive_mod
+    from converter.testing.imagegen import File, ImageSpec, Layer, write_docker_archive
+
+    write_docker_archive(tmp_path / "img.tar", ImageSpec([Layer([File("f", b"x")])]))
+    (tmp_path / "img.tar.gz").write_bytes(gzip.compress((tmp_path / "img.tar").read_bytes()))
+    real_write = os.write
+
+    def full(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_mod.os, "write", full)
+    try:
+        with pytest.raises(OutputError, match="cannot copy the image to a temporary file .*No space left"):
+            convert(str(tmp_path / "img.tar.gz"), tmp_path / "out")
+    finally:
+        monkeypatch.setattr(archive_mod.os, "write", real_write)
+    assert not (tmp_path / "out").exists()
