@@ -211,7 +211,7 @@ def _(where: Path) -> Path:
     return where / "layout"
 
 
-@case("index-json-size-nan", InputError, needles=("index.json", "size"))
+@case("index-json-size-nan", InputError, needles=("index.json", "NaN is not JSON"))
 def _(where: Path) -> Path:
     write_oci_layout(where / "layout", _spec(), index_override=lambda d: json.dumps(d).replace('"size":', '"size":NaN,"s":').encode())
     return where / "layout"
