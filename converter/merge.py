@@ -251,6 +251,8 @@ class Merger:
         self._pcache_node: Optional[Node] = None
         self._dirs: dict[Parts, Node] = {}  # parents resolved by this layer (see _apply)
         self._replaced_links: list[TarEntry] = []  # pending links a later entry replaced
+        #: this layer's hard links to a lower name (see _check_lower_links)
+        self._lower_links: list[tuple[TarEntry, Node]] = []
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
@@ -308,6 +310,7 @@ class Merger:
         for entry in self._replaced_links:
             self._link_target(entry, final=True)
         self._replaced_links = []
+        self._check_lower_links()
         self._touched = {}
         self._hidden = {}
         self._keepalive = []
@@ -599,6 +602,11 @@ class Merger:
             self.events.decide("skip", f"{show(parts)}: under a whiteout/AUFS marker")
             return
         if base == WH_OPAQUE:
+            if self._own_non_dir(parts[:-1], entry):
+                # the marker applies before the layer's entries (rule 2): it made D a
+                # directory, which this layer's own file at D then replaced
+                self.events.decide("opaque", f"{show(parts[:-1])}: this layer writes a non-directory there; marker ignored")
+                return
             directory = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
             if directory is None:
                 return
@@ -625,6 +633,32 @@ class Merger:
             return
         del parent.children[target]
         self.events.decide("whiteout", f"{show(parts[:-1] + (target,))}: removed")
+
+    def _own_non_dir(self, parts: Parts, entry: TarEntry) -> bool:
+        """Whether this layer itself wrote a non-directory at ``parts``."""
+        if not parts:
+            return False
+        parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False)
+        if parent is None or parent.children is None:
+            return False
+        node = parent.children.get(parts[-1])
+        return node is not None and node.kind != DIR and self._touched.get((id(parent), parts[-1]), 0) is None
+
+    def _check_lower_links(self) -> None:
+        """A hard link to a lower name that a whiteout or opaque marker of the same layer
+        deletes links to nothing, wherever the marker is (rule 2: markers apply before
+        the layer's entries): an error, as it is when the marker comes first, where the
+        link had kept the deleted file when it came first."""
+        for entry, target in self._lower_links:
+            try:
+                parts = split_name(entry.linkname, what="")
+            except UnsafeEntryError:
+                continue
+            parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False) if parts else None
+            if parent is None or parent.children is None or parts[-1] not in parent.children:
+                raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which this layer "
+                                       f"deletes (a whiteout or opaque marker): it links to nothing")
+        self._lower_links = []
 
     def _hide_lower(self, directory: Node) -> None:
         """Remove every descendant of ``directory`` that this layer did not write.  A lower
@@ -721,6 +755,11 @@ class Merger:
         target = self._link_target(entry, final=final)
         if target is None:
             return False
+        tparts = split_name(entry.linkname, what="")  # (valid: _link_target checked it)
+        if tparts[0] != WH_PLINK:
+            tparent = self._resolve_dir(tparts[:-1], entry, create=False, touch=False)
+            if tparent is not None and self._touched.get((id(tparent), tparts[-1]), 0) is not None:
+                self._lower_links.append((entry, target))  # (a lower name: see _check_lower_links)
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         if parent is None:
             return True  # under a whiteout name: skipped (see _resolve_dir)

@@ -484,6 +484,34 @@ def test_edge_26_opaque_marker_position_does_not_change_the_result(tmp_path: Pat
     assert listings["last"] == listings["first"] == expect(D("d"), D("d/x"), F("d/x/new", b"new"))
 
 
+def test_edge_26_a_marker_under_this_layer_s_own_file_is_ignored_in_either_order(tmp_path: Path) -> None:
+    """Found by an audit: a layer that writes a file at D and carries D's opaque marker
+    lost its own file when the marker came last (the marker made D a directory again).
+    Applied first, the marker makes D a directory that the file then replaces."""
+    lower = [Dir("d/"), File("d/old", b"o")]
+    listings = {}
+    for marker_at in ("first", "last"):
+        upper = [Opaque("d"), File("d", b"FILE")] if marker_at == "first" else [File("d", b"FILE"), Opaque("d")]
+        work = tmp_path / marker_at
+        work.mkdir()
+        listings[marker_at] = run(image(lower, upper), work, "tar").listing
+    assert listings["last"] == listings["first"] == expect(F("d", b"FILE"))
+
+
+@pytest.mark.parametrize("remover", ["opaque", "whiteout"])
+def test_edge_26_a_link_to_a_lower_name_the_layer_deletes_is_an_error_in_either_order(tmp_path: Path, remover: str) -> None:
+    """Found by an audit: a hard link to a lower file that the same layer's marker or
+    whiteout deletes kept the file when the link came first and failed when the marker
+    did.  Markers apply first (rule 2): it links to nothing, either way."""
+    lower = [Dir("d/"), File("d/a", b"lower-a")]
+    gone = Opaque("d") if remover == "opaque" else Whiteout("d/a")
+    for marker_at in ("first", "last"):
+        upper = [gone, Hardlink("d/b", "d/a")] if marker_at == "first" else [Hardlink("d/b", "d/a"), gone]
+        work = tmp_path / f"{remover}-{marker_at}"
+        work.mkdir()
+        run_error(image(lower, upper), work, "tar", UnsafeEntryError, "d/b", "d/a")
+
+
 def test_edge_27_entry_then_whiteout_same_layer_keeps_entry(tmp_path: Path, sink: str) -> None:
     lower = [
         File("x", b"lower x"),
