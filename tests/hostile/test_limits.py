@@ -510,3 +510,23 @@ def test_a_full_temporary_directory_is_an_output_error(tmp_path: Path, monkeypat
     finally:
         monkeypatch.setattr(archive_mod.os, "write", real_write)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_compressed_outer_archive_bomb_is_refused_while_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker save | zstd` is copied to $TMPDIR decompressed: 1.3 MB that inflated to
+    40 GiB filled it.  Past the floor (1 GiB; lowered here) and 1000x, it is a bomb."""
+    import zstandard
+
+    from converter.sources import archive as archive_mod
+    from converter.testing.imagegen import File, ImageSpec, Layer, write_docker_archive
+
+    write_docker_archive(tmp_path / "img.tar", ImageSpec([Layer([File("f", b"x")])]))
+    padded = (tmp_path / "img.tar").read_bytes() + bytes(8 << 20)  # (zeros after the end blocks)
+    (tmp_path / "img.tar.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(padded))
+    assert (tmp_path / "img.tar.zst").stat().st_size * 1000 < len(padded)
+    monkeypatch.setattr(archive_mod, "SPOOL_RATIO_FLOOR", 1 << 20)
+    with pytest.raises(LimitError, match="inflates past 1000x its size"):
+        convert(str(tmp_path / "img.tar.zst"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(archive_mod, "SPOOL_RATIO_FLOOR", 1 << 30)
+    convert(str(tmp_path / "img.tar.zst"), tmp_path / "out")  # (under the floor: converted)
