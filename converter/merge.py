@@ -635,14 +635,15 @@ class Merger:
         self.events.decide("whiteout", f"{show(parts[:-1] + (target,))}: removed")
 
     def _own_non_dir(self, parts: Parts, entry: TarEntry) -> bool:
-        """Whether this layer itself wrote a non-directory at ``parts``."""
+        """Whether this layer itself wrote a file, device or fifo at ``parts``."""
         if not parts:
             return False
         parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False)
         if parent is None or parent.children is None:
             return False
         node = parent.children.get(parts[-1])
-        return node is not None and node.kind != DIR and self._touched.get((id(parent), parts[-1]), 0) is None
+        # (a symlink there is followed, as for any entry under it: see tests/hostile)
+        return node is not None and node.kind not in (DIR, LNK) and self._touched.get((id(parent), parts[-1]), 0) is None
 
     def _check_lower_links(self) -> None:
         """A hard link to a lower name that a whiteout or opaque marker of the same layer
