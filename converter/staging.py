@@ -75,6 +75,14 @@ _PIECE = 1 << 20
 _ZEROS = memoryview(bytes(_PIECE))
 
 
+def expands_too_far(node: "Node", max_ratio: int = 1000) -> bool:
+    """Whether reading a sparse file whole (holes as zeros: a tar's data, a tree hash)
+    would pass 1 GiB and ``max_ratio`` times its stored bytes: a 512-byte entry may
+    declare 400 GiB (0: no limit)."""
+    return bool(max_ratio) and node.sparse is not None and node.size > 1 << 30 and \
+        node.size > max_ratio * max(node.stored_size, 512)
+
+
 def content_pieces(node: "Node", offset: int = 0, end: Optional[int] = None) -> Iterator[Union[bytes, memoryview]]:
     """A regular file's bytes from ``offset`` to ``end`` (default: its size), in pieces of
     at most 1 MiB, holes of a sparse file as zeros, read from where the plan located

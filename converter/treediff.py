@@ -49,7 +49,7 @@ def diff_plans(a: Plan, b: Plan) -> TreeDiff:
         x, y = ra[path], rb[path]
         changes = _compare(x, y)
         if x.type == "f" and y.type == "f" and x.size == y.size and "size" not in changes:
-            ha, hb = node_sha256(na[path]), node_sha256(nb[path])
+            ha, hb = node_sha256(na[path], path), node_sha256(nb[path], path)
             if ha != hb:
                 changes["content"] = (ha, hb)
         if changes:

@@ -11,14 +11,19 @@ from typing import Iterator
 
 from .listing import EMPTY_SHA256, Record
 from .merge import BLK, CHR, LNK, REG, Node, Plan
-from .paths import join
-from .staging import content_pieces
+from .paths import join, show
+from .errors import LimitError
+from .staging import content_pieces, expands_too_far
 
 
-def node_sha256(node: Node) -> str:
-    """SHA-256 of a regular file's content, read from where the plan located it."""
+def node_sha256(node: Node, where: bytes = b"") -> str:
+    """SHA-256 of a regular file's content, read from where the plan located it
+    (``where``: its path, for the error)."""
     if not node.size:
         return EMPTY_SHA256
+    if expands_too_far(node):
+        raise LimitError(f"{show(where)}: a sparse file of {node.size} bytes from {node.stored_size} stored: hashing it whole would "
+                         f"read more than 1000x that (a sparse bomb?)")
     h = hashlib.sha256()
     for piece in content_pieces(node):
         h.update(piece)
@@ -42,7 +47,7 @@ def records_from_plan(plan: Plan, *, hash_files: bool = False) -> Iterator[Recor
             uid=node.uid,
             gid=node.gid,
             size=node.size if kind == REG else None,
-            sha256=(node_sha256(node) if hash_files else None) if kind == REG else None,
+            sha256=(node_sha256(node, join(parts)) if hash_files else None) if kind == REG else None,
             target=node.linkname if kind == LNK else None,
             rdev=(node.major, node.minor) if kind in (CHR, BLK) else None,
             inode=id(node) if counts.get(id(node), 0) > 1 else None,

@@ -180,3 +180,6 @@ def test_a_sparse_file_that_would_fill_a_tar_is_refused_but_written_as_holes(tmp
     assert r.returncode == 0, r.stderr
     st = os.stat(tmp_path / "out" / "big")
     assert st.st_size == 400 << 30 and st.st_blocks * 512 < 1 << 20
+    r = rootfs("ls", str(src), "--format", "tree")  # (a tree hash would read it whole too)
+    assert r.returncode == 7 and b"'big': a sparse file of 429496729600 bytes" in r.stderr, r.stderr
+    assert rootfs("ls", str(src)).returncode == 0  # (listing it costs nothing)

@@ -24,6 +24,7 @@ from ..forking import CAN_FORK, collect_report, fork_reporting
 from ..ids import IdMapper
 from ..merge import BLK, CHR, DIR, FIFO, LNK, REG, Node, Plan
 from ..paths import show
+from ..staging import expands_too_far
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
 from .atomic import claim, commit, discard, stream_destination
 
@@ -472,7 +473,7 @@ def _check_sparse_expansion(plan: Plan, max_ratio: int) -> None:
     if not max_ratio:
         return
     for path, node in plan.walk():
-        if node.kind == REG and node.sparse is not None and node.size > 1 << 30 and node.size > max_ratio * max(node.stored_size, 512):
+        if node.kind == REG and expands_too_far(node, max_ratio):
             raise LimitError(f"{show(path)}: a sparse file of {node.size} bytes from {node.stored_size} stored: written out "
                              f"in a tar, more than {max_ratio}x (see --max-ratio)")
 
