@@ -127,6 +127,8 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
     """The OCI ``process.user`` for an image's ``User`` (runc's ``GetExecUser`` rules);
     ``what`` names where the text came from, for errors."""
     user = (user or "").strip()
+    # a name the image lacks: the image's own mistake, or the command line's (--user)
+    missing = UsageError if what == "--user" else InputError
     user_part, _, group_part = user.partition(":")
     has_group = ":" in user
     if has_group and not group_part:
@@ -146,7 +148,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
         if num is None:
             if entry is None:
                 where = "the image's /etc/passwd" if passwd is not None else "the image (it has no /etc/passwd; with --path, add --path /etc/passwd)"
-                raise (UsageError if what == "--user" else InputError)(f"{what} {user!r}: no user {user_part!r} in {where}")
+                raise missing(f"{what} {user!r}: no user {user_part!r} in {where}")
             uid = _num(entry[2]) or 0
         else:
             uid = num
@@ -168,7 +170,7 @@ def resolve_user(user: str, passwd: Optional[list[list[str]]], group: Optional[l
             match = next((rec for rec in group or [] if len(rec) >= 3 and rec[0] == group_part), None)
             if match is None:
                 where = "the image's /etc/group" if group is not None else "the image (it has no /etc/group; with --path, add --path /etc/group)"
-                raise (UsageError if what == "--user" else InputError)(f"{what} {user!r}: no group {group_part!r} in {where}")
+                raise missing(f"{what} {user!r}: no group {group_part!r} in {where}")
             gid = _num(match[2]) or 0
     elif name is not None:
         for rec in group or []:

@@ -181,13 +181,13 @@ def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *
         raise ChoiceNeeded(f"{what}: holds {len(candidates)} images; choose one with a reference (--ref NAME, "
                            f"#N or a digest; or SOURCE:NAME; diff: --ref-a/--ref-b): {listed}")
     hits = [(names, obj) for names, obj in candidates if any(ref_matches(ref, n) for n in names)]
+    if len(hits) == 1:
+        return ref, hits[0][1]
     if not hits:
         hits = _by_position_or_digest(candidates, ref, digests)
         if len(hits) == 1:
             names = hits[0][0]
             return (names[0] if names else None), hits[0][1]
-    elif len(hits) == 1:
-        return ref, hits[0][1]
     if not hits:
         raise NotFoundError(f"{what}: no image named {ref!r} (available: {_list_names(candidates, digests)})")
     raise UsageError(f"{what}: {len(hits)} images match {ref!r}; use #N or a longer digest "
@@ -196,7 +196,7 @@ def select_by_ref(candidates: list[tuple[list[str], Any]], ref: Optional[str], *
 
 def _by_position_or_digest(candidates: list[tuple[list[str], Any]], ref: str,
                            digests: Optional[list[Optional[str]]]) -> list[tuple[list[str], Any]]:
-    if ref.startswith("#") and ref[1:].isdigit():
+    if ref.startswith("#") and ref[1:].isascii() and ref[1:].isdigit():  # ("#²" passes isdigit, not int)
         n = int(ref[1:])
         return [candidates[n - 1]] if 1 <= n <= len(candidates) else []
     want = ref.lower().removeprefix("sha256:").removeprefix("@sha256:")

@@ -251,8 +251,8 @@ class Merger:
         self._pcache_node: Optional[Node] = None
         self._dirs: dict[Parts, Node] = {}  # parents resolved by this layer (see _apply)
         self._replaced_links: list[TarEntry] = []  # pending links a later entry replaced
-        #: this layer's hard links to a lower name (see _check_lower_links)
-        self._lower_links: list[tuple[TarEntry, Node]] = []
+        #: this layer's hard links to a lower name, with that name (see _check_lower_links)
+        self._lower_links: list[tuple[TarEntry, Parts]] = []
 
     # ----- per-layer driver -------------------------------------------------------------
     def apply_layer(self, layer: Layer, reading: LayerReading, stats: LayerStats) -> None:
@@ -650,12 +650,8 @@ class Merger:
         deletes links to nothing, wherever the marker is (rule 2: markers apply before
         the layer's entries): an error, as it is when the marker comes first, where the
         link had kept the deleted file when it came first."""
-        for entry, target in self._lower_links:
-            try:
-                parts = split_name(entry.linkname, what="")
-            except UnsafeEntryError:
-                continue
-            parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False) if parts else None
+        for entry, parts in self._lower_links:
+            parent = self._resolve_dir(parts[:-1], entry, create=False, touch=False)
             if parent is None or parent.children is None or parts[-1] not in parent.children:
                 raise UnsafeEntryError(f"{self._what(entry)}: hard link to {show(entry.linkname)}, which this layer "
                                        f"deletes (a whiteout or opaque marker): it links to nothing")
@@ -736,10 +732,8 @@ class Merger:
                         ready.append(later)
                         queued.add(later)
                 continue
-            try:
-                waiting.setdefault(split_name(entry.linkname, what=""), []).append(parts)
-            except UnsafeEntryError:
-                pass  # (reported by the final attempt below)
+            # (the linkname splits: _link_target has checked it)
+            waiting.setdefault(split_name(entry.linkname, what=""), []).append(parts)
         while deferred:
             progress_made = False
             for parts, entry in list(deferred.items()):
@@ -760,7 +754,7 @@ class Merger:
         if tparts[0] != WH_PLINK:
             tparent = self._resolve_dir(tparts[:-1], entry, create=False, touch=False)
             if tparent is not None and self._touched.get((id(tparent), tparts[-1]), 0) is not None:
-                self._lower_links.append((entry, target))  # (a lower name: see _check_lower_links)
+                self._lower_links.append((entry, tparts))  # (a lower name: see _check_lower_links)
         parent = self._resolve_dir(parts[:-1], entry, create=True, touch=True)
         if parent is None:
             return True  # under a whiteout name: skipped (see _resolve_dir)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator
 
+from .errors import LimitError
 from .listing import EMPTY_SHA256, Record
 from .merge import BLK, CHR, LNK, REG, Node, Plan
 from .paths import join, show
-from .errors import LimitError
 from .staging import content_pieces, expands_too_far
 
 
@@ -40,14 +40,15 @@ def records_from_plan(plan: Plan, *, hash_files: bool = False) -> Iterator[Recor
             counts[id(node)] = counts.get(id(node), 0) + 1
     for parts, node in entries:
         kind = node.kind
+        path = join(parts)
         yield Record(
-            path=join(parts),
+            path=path,
             type=kind,
             mode=node.mode,
             uid=node.uid,
             gid=node.gid,
             size=node.size if kind == REG else None,
-            sha256=(node_sha256(node, join(parts)) if hash_files else None) if kind == REG else None,
+            sha256=(node_sha256(node, path) if hash_files else None) if kind == REG else None,
             target=node.linkname if kind == LNK else None,
             rdev=(node.major, node.minor) if kind in (CHR, BLK) else None,
             inode=id(node) if counts.get(id(node), 0) > 1 else None,
