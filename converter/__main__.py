@@ -1,5 +1,5 @@
 """``python -m converter`` runs the ``rootfs`` command."""
 
-from .cli import main
+from .entry import main
 
 main()

@@ -14,6 +14,8 @@ from .ids import IdMap, IdMapper, IdRange, check_id, read_subid_file
 from .image import Image, Layer, Platform
 from .layerstream import Limits
 from .merge import Events, LayerStats, MergeOptions, Plan, build_plan, gc_paused
+from .opening import Opening
+from .prestart import Key, take as take_early
 from .select import select_layers
 from .sinks.directory import DirectoryOptions, write_directory
 from .sinks.tar import TarOptions, write_tar
@@ -120,14 +122,16 @@ def plan_image(
     keep_whiteouts: bool = False,
     stage_beside: Optional[str] = None,
     keep_dirlinks: bool = False,
+    opening: Optional[Opening] = None,
 ) -> Plan:
     """Merge ``layers`` (default: all) of an open image into a :class:`Plan`.
-    ``stage_beside``: the destination of a directory output (see :mod:`converter.staging`)."""
+    ``stage_beside``: the destination of a directory output (see :mod:`converter.staging`).
+    ``opening``: those layers already opened with these options (the plan takes it over)."""
     options = MergeOptions(
         verify=verify, limits=limits or Limits(), spool_dir=spool_dir, progress=progress,
         keep_whiteouts=keep_whiteouts, stage_beside=stage_beside, keep_dirlinks=keep_dirlinks,
     )
-    return build_plan(image, layers, options=options, events=events or Events())
+    return build_plan(image, layers, options=options, events=events or Events(), opening=opening)
 
 
 def convert(
@@ -219,17 +223,29 @@ def convert(
         spool_dir = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(spool_dir):
             spool_dir = None
-    with open_image(source, ref=ref, platform=platform, registry_options=registry_options) as image:
-        chosen = select_layers(image, layers=layers, skip=skip_layers, only=only_layer)
-        dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
-                                       max_size=max_size, keep_ids=keep_ids, progress=progress)
+    stage_beside = os.path.abspath(out) if spool_dir is not None and not flatten else None
+    # the image may be open and its layers inflating already (see converter.prestart)
+    early = None if registry_options is not None else take_early(Key(
+        source, ref, platform, layers, tuple(skip_layers), only_layer, verify, limits, spool_dir, stage_beside))
+    image = early[0] if early is not None else open_image(source, ref=ref, platform=platform,
+                                                          registry_options=registry_options)
+    with image:
+        opening = early[2] if early is not None else None
         with gc_paused():  # (the merge and the sinks walk the whole view: see gc_paused)
-            plan = plan_image(
-                image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
-                progress=progress, keep_whiteouts=only_layer is not None and flatten,
-                stage_beside=os.path.abspath(out) if spool_dir is not None and not flatten else None,
-                keep_dirlinks=keep_dirlinks,
-            )
+            try:
+                chosen = early[1] if early is not None else select_layers(image, layers=layers, skip=skip_layers,
+                                                                          only=only_layer)
+                plan = plan_image(
+                    image, layers=chosen, verify=verify, limits=limits, events=events, spool_dir=spool_dir,
+                    progress=progress, keep_whiteouts=only_layer is not None and flatten,
+                    stage_beside=stage_beside, keep_dirlinks=keep_dirlinks, opening=opening,
+                )
+            except BaseException:
+                if opening is not None:
+                    opening.close()  # (a plan that took it has closed it)
+                raise
+            dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
+                                           max_size=max_size, keep_ids=keep_ids, progress=progress)
             if keep_tree is not None:
                 keep_tree.append(plan)
             try:

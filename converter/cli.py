@@ -67,7 +67,7 @@ def fail(exc: BaseException) -> NoReturn:
 
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
-        exc = Interrupted("interrupted; the destination was left as it was")
+        exc = Interrupted()
     if isinstance(exc, ConverterError):
         print(f"rootfs: error: {exc.message}", file=sys.stderr)
         raise SystemExit(exc.exit_code)
@@ -426,22 +426,29 @@ def main() -> None:
     # start-up, more per 10k entries)
     gc.disable()
     from .forking import keep_freed_memory
+    from .entry import interrupted
+    from .prestart import discard
 
     keep_freed_memory()
     _state["exits"] = True
     try:
-        code = _run_app()
-        raise SystemExit(code or 0)
+        try:
+            code = _run_app()
+            raise SystemExit(code or 0)
+        finally:
+            discard()  # a head start the command did not take (see converter.prestart)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BrokenPipeError:
-            code = code or 141
-        os._exit(code)
+    except KeyboardInterrupt:  # (outside a command's own handling: while parsing, say)
+        code = interrupted()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = code or 141
+    os._exit(code)
 
 
 def _run_app() -> Any:

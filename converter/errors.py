@@ -92,6 +92,9 @@ class Interrupted(ConverterError):
     exit_code = 130
     kind = "interrupted"
 
+    def __init__(self, message: str = "interrupted; the destination was left as it was") -> None:
+        super().__init__(message)
+
 
 #: Documented in the README; the CLI is the only user.  Keep in sync with the classes above.
 EXIT_CODES: dict[int, str] = {

@@ -31,11 +31,10 @@ from typing import Callable, Iterator, Optional
 from . import acls
 from .errors import InputError, LimitError, UnsafeEntryError
 from .image import Image, Layer
-from .inflate import Inflation, release_files
 from .layerstream import LayerReading, Limits
-from .workers import Workers
+from .opening import Opening
 from .paths import Parts, join, show, split_name
-from .staging import Staging, stages
+from .staging import stages
 from .tar.reader import TarEntry
 
 WH = b".wh."
@@ -51,10 +50,6 @@ MAX_DEPTH = 2048
 #: parents deeper than this are resolved again for each entry instead of being kept in
 #: the layer's cache (their names would take 8 bytes a component each)
 _CACHED_DEPTH = 64
-#: layers read ahead of the one being applied, counting it
-#: parse in-place layers in helpers: None decides per image (see build_plan); tests force it
-PARSE_REMOTE: Optional[bool] = None
-AHEAD = 2  # layers read ahead by threads; measured: more gave no steady gain on 2 cores
 IMPLIED_MODE = 0o755
 MAX_ID = (1 << 32) - 2
 #: the largest device number a ustar header carries (8 octal digits); real ones are far below
@@ -162,8 +157,8 @@ class Plan:
     events: Events
     readings: list[LayerReading] = field(default_factory=list, repr=False)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
-    _inflated: list[Inflation] = field(default_factory=list, repr=False)
-    _staging: Optional[Staging] = field(default=None, repr=False)
+    #: the opened layers: their helpers, inflated files and staging directory
+    _opening: Optional[Opening] = field(default=None, repr=False)
 
     def walk(self) -> Iterator[tuple[Parts, Node]]:
         """Every entry below the root, parents before children, each directory's children
@@ -198,15 +193,9 @@ class Plan:
                 self._closers.pop()()
             except OSError:
                 pass
-        fds = []
-        for inflated in self._inflated:
-            fds.append(inflated.fd)
-            inflated.fd = -1
-        self._inflated = []
-        staging, self._staging = self._staging, None
-        if staging is not None:
-            fds += staging.remove()
-        release_files(fds)
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.close()
 
 
 @dataclass
@@ -793,69 +782,34 @@ def build_plan(
     *,
     options: Optional[MergeOptions] = None,
     events: Optional[Events] = None,
+    opening: Optional[Opening] = None,
 ) -> Plan:
     """Apply ``layers`` (default: all of the image's, bottom first) and return the merged
     view.  Raises a :class:`ConverterError` for bad input; verification of in-place layers
-    finishes in the background and is awaited by :meth:`Plan.verify`."""
+    finishes in the background and is awaited by :meth:`Plan.verify`.  ``opening``: the
+    same layers already opened with the same options (see :func:`open_layers`); the
+    plan takes it over."""
     with gc_paused():
-        return _build_plan(image, layers, options or MergeOptions(), events or Events())
+        return _build_plan(image, layers, options or MergeOptions(), events or Events(), opening)
 
 
-def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptions, events: Events) -> Plan:
+def open_layers(image: Image, layers: Optional[list[Layer]], options: MergeOptions) -> Opening:
+    """Open ``layers`` (default: all) for :func:`build_plan`, starting their helpers."""
+    return Opening(list(layers if layers is not None else image.layers), verify=options.verify,
+                   limits=options.limits, spool_dir=options.spool_dir, stage_beside=options.stage_beside)
+
+
+def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptions, events: Events,
+                opening: Optional[Opening]) -> Plan:
     merger = Merger(image, options, events)
-    pool = Workers()
-    todo = list(layers if layers is not None else image.layers)
-    # Parsing in a helper costs more CPU in all (entries are pickled there and rebuilt
-    # here) but frees this process: worth it only while a helper would otherwise be idle,
-    # i.e. when there are fewer layers to hash than helpers (a one-layer image: the merge
-    # of 50k small files went from 0.40 to 0.33 s), and a loss when every helper hashes
-    # (the 4-layer bench image: 0.80 -> 0.85 s).
-    file_backed = sum(1 for layer in todo if layer.blob.region is not None)
-    if PARSE_REMOTE is None:
-        pool.parse_remote = not options.verify or file_backed < pool.size
-    else:
-        pool.parse_remote = PARSE_REMOTE
-    readings: list[LayerReading] = []
     stats: list[LayerStats] = []
     plan = Plan(merger.root, image, stats, events)
-    plan._closers.append(pool.close)
-    staging = None
-    if options.stage_beside is not None and pool.forks:
-        staging = plan._staging = Staging(options.stage_beside)
-
-    def open_reading(position: int) -> Optional[LayerReading]:
-        if position >= len(todo):
-            return None
-        layer = todo[position]
-        reading = LayerReading(layer, verify=options.verify, workers=pool, limits=options.limits,
-                               spool_dir=options.spool_dir, staging=staging)
-        readings.append(reading)
-        inflated = reading.keep_file()  # sinks copy contents out of inflated layers
-        if inflated is not None:
-            plan._inflated.append(inflated)
-        return reading
-
-    opened: list[LayerReading] = []
-
-    def open_ahead(position: int) -> None:
-        """Open layers ahead of ``position`` so their hashing and inflating run while it
-        is applied: every file-backed layer at once when helper processes do that work
-        (they take the queued jobs in order, and none waits idle for the merge), else the
-        next AHEAD (threads compete for the GIL, and streams hold connections)."""
-        pool.hold()
-        try:
-            while len(opened) < len(todo):
-                nxt = len(opened)
-                if nxt >= position + AHEAD and not (pool.forks and todo[nxt].blob.region is not None):
-                    return
-                opened.append(open_reading(nxt))  # type: ignore[arg-type]
-        finally:
-            pool.release()
-
     try:
-        for position, layer in enumerate(todo):
-            open_ahead(position)
-            reading = opened[position]
+        if opening is None:
+            opening = open_layers(image, layers, options)
+        plan._opening = opening
+        for position, layer in enumerate(opening.todo):
+            reading = opening.open_ahead(position)
             st = LayerStats(layer.index, layer.label, reading.compression, bytes_in=reading.compressed_size or 0,
                             digest=layer.digest, diff_id=layer.diff_id)
             stats.append(st)
@@ -869,9 +823,9 @@ def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptio
             if options.progress:
                 options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
     except BaseException:
-        for reading in opened:
-            reading.close()
+        if opening is not None:
+            opening.close_readings()
         plan.close()
         raise
-    plan.readings = readings
+    plan.readings = opening.readings
     return plan

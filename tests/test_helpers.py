@@ -59,9 +59,9 @@ def _sha(path: Path) -> str:
 @pytest.fixture(params=[True, False], ids=["parsed-by-helpers", "parsed-here"])
 def parse_remote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Both ways of parsing in-place layers (the merge picks one per image)."""
-    from converter import merge
+    from converter import opening
 
-    monkeypatch.setattr(merge, "PARSE_REMOTE", request.param)
+    monkeypatch.setattr(opening, "PARSE_REMOTE", request.param)
     return bool(request.param)
 
 
@@ -208,7 +208,7 @@ def test_big_inflated_files_are_freed_by_an_orphan_that_leaves_no_child_behind(
 def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The helper parses ahead; its error must surface with the same message, at the
     entry where it happened, as when this process parses."""
-    from converter import merge
+    from converter import opening
     from converter.errors import InputError
     from converter.testing.imagegen import Raw
 
@@ -216,7 +216,7 @@ def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_p
     write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=layers))
     messages = []
     for remote in (True, False):
-        monkeypatch.setattr(merge, "PARSE_REMOTE", remote)
+        monkeypatch.setattr(opening, "PARSE_REMOTE", remote)
         with pytest.raises(InputError) as info:
             convert(str(tmp_path / "img.tar"), tmp_path / f"out{remote}")
         messages.append(str(info.value))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from converter.image import Blob, Image, Layer
 from converter.listing import list_tar
-from converter.merge import AHEAD, MergeOptions, build_plan
+from converter.merge import MergeOptions, build_plan
+from converter.opening import AHEAD
 from converter.sinks.tar import write_tar
 from converter.testing.imagegen import File, Layer as GenLayer, layer_tar
 

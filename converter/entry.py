@@ -1,0 +1,33 @@
+"""The ``rootfs`` command's entry point: gives a plain conversion its head start
+(:mod:`converter.prestart`) before the command-line module, typer with it, is imported."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+
+def main() -> None:
+    gc.disable()  # (first: see converter.cli.main)
+    from . import prestart
+    from .forking import keep_freed_memory
+
+    keep_freed_memory()
+    try:
+        prestart.start(sys.argv[1:])
+        from .cli import main as run
+    except KeyboardInterrupt:  # (SIGTERM too, while a head start is pending: see prestart)
+        prestart.discard()
+        os._exit(interrupted())
+    run()  # (never returns: it ends the process, after discarding a head start not taken)
+
+
+def interrupted() -> int:
+    """Say that an interrupt stopped the command, as a command's own handling does (one
+    line); the exit code."""
+    from .errors import Interrupted
+
+    exc = Interrupted()
+    print(f"rootfs: error: {exc.message}", file=sys.stderr, flush=True)
+    return exc.exit_code

@@ -1,0 +1,197 @@
+"""Start a plain ``rootfs convert SOURCE -o DIR`` before its command line is parsed.
+
+Why: importing typer and the command-line module takes about 35 ms of the ~100 ms before
+the first layer reaches a helper, and the second core is idle all that while.  So the
+entry point (:mod:`converter.entry`) calls :func:`start` first: when the arguments are
+the plain form, the image is opened and its layers' helpers started (see
+:mod:`converter.opening`) with the options that form implies, and the command line is
+parsed while they inflate.
+
+It is only ever a head start: :func:`converter.api.convert` takes it over only when the
+options it was really given open the same image, the same layers, the same way
+(:func:`take` compares the whole :class:`Key`); anything else, or any error here, and it
+is thrown away (:func:`discard`: the helpers stopped, the staging directory removed) and
+the conversion opens the image itself, reporting whatever error there is in the usual
+way.  Nothing is written where the user will look: only the staging directory, a hidden
+sibling of the destination that every exit path removes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from typing import Any, NamedTuple, Optional
+
+#: options of ``convert`` that change nothing about opening the image and its layers
+_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--no-verify"})
+_VALUED = frozenset({"-o", "--output", "--report"})
+#: variables that set options which do change it (the guess is then not made)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_ENVIRONMENT = ("ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_MAX_RATIO", "ROOTFS_MAX_SIZE", "ROOTFS_MAX_ENTRIES",
+                "ROOTFS_WRITERS")
+
+
+class Key(NamedTuple):
+    """Everything that decides how an image and its layers are opened."""
+
+    source: str
+    ref: Optional[str]
+    platform: Optional[str]
+    layers: Optional[str]
+    skip: tuple[str, ...]
+    only: Optional[str]
+    verify: bool
+    limits: Any  # layerstream.Limits
+    spool_dir: Optional[str]
+    stage_beside: Optional[str]
+
+
+class _Early(NamedTuple):
+    key: Key
+    image: Any  # image.Image
+    layers: list  # the chosen layers
+    opening: Any  # opening.Opening
+
+
+_early: Optional[_Early] = None
+_starting = False
+
+
+def plain_convert(args: list[str]) -> Optional[tuple[str, str, bool]]:
+    """``(source, output, verify)`` when ``args`` (the command line after the program)
+    is ``convert SOURCE -o DIR`` with only options that do not change the opening; else
+    None.  A wrong guess costs only the head start."""
+    if not args or args[0] != "convert":
+        return None
+    source = output = None
+    verify = True
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg in _FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            verify = verify and arg != "--no-verify"
+        elif arg in _VALUED:
+            value = next(rest, None)
+            if value is None:
+                return None
+            if arg != "--report":
+                output = value
+        elif arg.startswith("--output="):
+            output = arg[len("--output="):]
+        elif arg.startswith("-") or source is not None:
+            return None
+        else:
+            source = arg
+    if source is None or not output:
+        return None
+    return source, output, verify
+
+
+def start(args: list[str]) -> None:
+    """Open the image and start its layers when ``args`` is a plain conversion to a new
+    directory (see :func:`plain_convert`).  Never raises for what it finds: the
+    conversion proper will find it again and say so."""
+    global _early, _starting
+    guess = plain_convert(args)
+    if guess is None or any(os.environ.get(name) for name in _ENVIRONMENT):
+        return
+    source, output, verify = guess
+    parent, name = os.path.split(os.path.abspath(output))
+    if name in ("", ".", "..") or os.path.lexists(output) or not os.path.isdir(parent):
+        return  # (the usual case is a new directory; the rest gets no head start)
+    try:
+        from .layerstream import Limits
+        from .sources import parse_spec
+
+        spec = parse_spec(source)
+        if spec.transport == "docker" or not _plain_file_or_directory(spec.path):
+            return  # (a registry is a network round trip; a pipe or standard input is read once)
+        key = Key(source, None, None, None, (), None, verify, Limits(), parent, os.path.abspath(output))
+    except Exception:  # noqa: BLE001 - see the docstring
+        return
+    previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+    _starting = True
+    try:
+        _early = _open(key)
+    except Exception:  # noqa: BLE001 - see the docstring (_open closed what it opened)
+        pass
+    finally:
+        _starting = False
+        if _early is None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM while a head start is pending: an interrupt, so that it is
+    cleaned up and reported as the command's own handling does (the command installs
+    its own handler once it runs); after that, the default action, as without one."""
+    if _early is not None or _starting:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _plain_file_or_directory(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _open(key: Key) -> _Early:
+    """Open what ``key`` describes, as :func:`converter.api.convert` would (the merge
+    module is not needed for it, and is imported while the helpers work)."""
+    from .opening import Opening
+    from .select import select_layers
+    from .sources import open_image
+
+    image = open_image(key.source, ref=key.ref, platform=key.platform)
+    try:
+        chosen = select_layers(image, layers=key.layers, skip=key.skip, only=key.only)
+        opening = Opening(list(chosen), verify=key.verify, limits=key.limits, spool_dir=key.spool_dir,
+                          stage_beside=key.stage_beside)
+    except BaseException:
+        image.close()
+        raise
+    try:
+        if chosen:
+            opening.open_ahead(0)  # (the helpers start here)
+    except BaseException:
+        opening.close()
+        image.close()
+        raise
+    return _Early(key, image, chosen, opening)
+
+
+def take(key: Key) -> Optional[tuple[Any, list, Any]]:
+    """``(image, layers, opening)`` started for exactly ``key``, now the caller's to
+    close; None (after discarding any other head start) when there is none."""
+    global _early
+    early = _early
+    if early is None:
+        return None
+    if early.key != key:
+        discard()
+        return None
+    _early = None
+    return early.image, early.layers, early.opening
+
+
+def discard() -> None:
+    """Stop a head start nobody took (every exit path of the command calls this)."""
+    global _early
+    if _early is None:
+        return
+    # (an interrupt now would leave the staging directory: it waits until this is done)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        early, _early = _early, None
+        for close in (early.opening.close, early.image.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - leaving: nothing more to do about it
+                pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
