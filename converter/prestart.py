@@ -1,4 +1,5 @@
-"""Start a plain ``rootfs convert SOURCE -o DIR`` before its command line is parsed.
+"""Start a plain ``rootfs convert SOURCE -o DIR`` (or ``--flatten FILE``) before its
+command line is parsed.
 
 Why: importing typer and the command-line module takes about 35 ms of the ~100 ms before
 the first layer reaches a helper, and the second core is idle all that while.  So the
@@ -25,11 +26,12 @@ from typing import Any, NamedTuple, Optional
 
 #: options of ``convert`` that change nothing about opening the image and its layers
 _FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--no-verify"})
-_VALUED = frozenset({"-o", "--output", "--report"})
+#: options that take a value: what the value is
+_VALUED = {"-o": "output", "--output": "output", "--flatten": "flatten", "--report": "report"}
 #: variables that set options which do change it (the guess is then not made)
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _ENVIRONMENT = ("ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_MAX_RATIO", "ROOTFS_MAX_SIZE", "ROOTFS_MAX_ENTRIES",
                 "ROOTFS_WRITERS")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Key(NamedTuple):
@@ -58,55 +60,68 @@ _early: Optional[_Early] = None
 _starting = False
 
 
-def plain_convert(args: list[str]) -> Optional[tuple[str, str, bool]]:
-    """``(source, output, verify)`` when ``args`` (the command line after the program)
-    is ``convert SOURCE -o DIR`` with only options that do not change the opening; else
-    None.  A wrong guess costs only the head start."""
+class Plain(NamedTuple):
+    """A plain conversion's arguments: ``output`` is the directory, or the tar with ``flatten``."""
+
+    source: str
+    output: str
+    verify: bool = True
+    flatten: bool = False
+
+
+def plain_convert(args: list[str]) -> Optional[Plain]:
+    """The arguments when ``args`` (the command line after the program) is ``convert
+    SOURCE -o DIR`` or ``convert SOURCE --flatten FILE`` with only options that do not
+    change the opening; else None.  A wrong guess costs only the head start."""
     if not args or args[0] != "convert":
         return None
-    source = output = None
+    source = None
+    outputs: dict[str, str] = {}  # option -> value (the last one, as the parser takes)
     verify = True
     rest = iter(args[1:])
     for arg in rest:
-        if arg in _FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not eq and (arg in _FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"})):
             verify = verify and arg != "--no-verify"
-        elif arg in _VALUED:
-            value = next(rest, None)
-            if value is None:
+        elif name in _VALUED:
+            if not eq:
+                value = next(rest, "")
+            if not value:
                 return None
-            if arg != "--report":
-                output = value
-        elif arg.startswith("--output="):
-            output = arg[len("--output="):]
+            outputs[_VALUED[name]] = value
         elif arg.startswith("-") or source is not None:
             return None
         else:
             source = arg
-    if source is None or not output:
+    outputs.pop("report", None)
+    if source is None or len(outputs) != 1:
         return None
-    return source, output, verify
+    (kind, output), = outputs.items()
+    return Plain(source, output, verify, kind == "flatten")
 
 
 def start(args: list[str]) -> None:
     """Open the image and start its layers when ``args`` is a plain conversion to a new
-    directory (see :func:`plain_convert`).  Never raises for what it finds: the
-    conversion proper will find it again and say so."""
+    directory or tar file (see :func:`plain_convert`).  Never raises for what it finds:
+    the conversion proper will find it again and say so."""
     global _early, _starting
-    guess = plain_convert(args)
-    if guess is None or any(os.environ.get(name) for name in _ENVIRONMENT):
+    plain = plain_convert(args)
+    if plain is None or any(os.environ.get(name) for name in _ENVIRONMENT):
         return
-    source, output, verify = guess
-    parent, name = os.path.split(os.path.abspath(output))
-    if name in ("", ".", "..") or os.path.lexists(output) or not os.path.isdir(parent):
-        return  # (the usual case is a new directory; the rest gets no head start)
+    output = os.path.abspath(plain.output)
+    parent, name = os.path.split(output)
+    if plain.output == "-" or not name or os.path.lexists(output) or not os.path.isdir(parent):
+        return  # (the usual case is a new file or directory; the rest gets no head start)
     try:
         from .layerstream import Limits
         from .sources import parse_spec
 
-        spec = parse_spec(source)
+        spec = parse_spec(plain.source)
         if spec.transport == "docker" or not _plain_file_or_directory(spec.path):
             return  # (a registry is a network round trip; a pipe or standard input is read once)
-        key = Key(source, None, None, None, (), None, verify, Limits(), parent, os.path.abspath(output))
+        # (as convert derives them: see converter.api)
+        key = Key(plain.source, None, None, None, (), None, plain.verify, Limits(), parent,
+                  None if plain.flatten else output)
     except Exception:  # noqa: BLE001 - see the docstring
         return
     previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}

@@ -63,18 +63,24 @@ def _siblings(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["convert", "img", "-o", "out"], ("img", "out", True)),
-    (["convert", "-o", "out", "img", "-q"], ("img", "out", True)),
-    (["convert", "img", "--output=out", "-vv", "--debug", "--report", "r.json"], ("img", "out", True)),
-    (["convert", "img", "--output", "out", "--no-verify"], ("img", "out", False)),
-    (["convert", "img", "-o", "a", "-o", "b"], ("img", "b", True)),  # (the last one, as the parser takes)
+    (["convert", "img", "-o", "out"], ("img", "out", True, False)),
+    (["convert", "-o", "out", "img", "-q"], ("img", "out", True, False)),
+    (["convert", "img", "--output=out", "-vv", "--debug", "--report", "r.json"], ("img", "out", True, False)),
+    (["convert", "img", "--output", "out", "--no-verify", "--report=-"], ("img", "out", False, False)),
+    (["convert", "img", "-o", "a", "-o", "b"], ("img", "b", True, False)),  # (the last one, as the parser takes)
+    (["convert", "img", "--flatten", "out.tar.zst"], ("img", "out.tar.zst", True, True)),
+    (["convert", "--flatten=-", "img"], ("img", "-", True, True)),  # (start() then declines: no file)
+    (["convert", "img", "-o", "out", "--flatten", "out.tar"], None),  # (a usage error)
     (["convert", "img", "-o", "out", "--layers", "2"], None),
     (["convert", "img", "-o", "out", "--platform", "linux/arm64"], None),
-    (["convert", "img", "--flatten", "out.tar"], None),
+    (["convert", "img", "--bundle", "b"], None),
     (["convert", "img", "-qv", "-o", "out"], None),
+    (["convert", "img", "-oout"], None),
+    (["convert", "img", "--no-verify=1", "-o", "out"], None),
     (["convert", "img", "other", "-o", "out"], None),
     (["convert", "img", "-o"], None),
     (["convert", "img", "--output="], None),
+    (["convert", "img", "--report", "r.json"], None),
     (["convert", "img", "-o", "out", "--help"], None),
     (["ls", "img"], None),
     ([], None),
@@ -83,24 +89,30 @@ def test_only_options_that_leave_the_opening_alone_get_a_head_start(args: list[s
     assert prestart.plain_convert(args) == expected
 
 
-def test_a_plain_conversion_takes_over_its_head_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("flatten", [False, True], ids=["dir", "tar"])
+def test_a_plain_conversion_takes_over_its_head_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      flatten: bool) -> None:
     src = _image(tmp_path)
-    out = tmp_path / "out"
-    prestart.start(["convert", src, "-o", str(out)])
+    out = tmp_path / ("out.tar" if flatten else "out")
+    prestart.start(["convert", src, "--flatten" if flatten else "-o", str(out)])
     early = prestart._early
     assert early is not None
     pids = _helpers(early.opening)
     assert pids and _alive(pids) == pids  # inflating already
     opened = []
     monkeypatch.setattr(merge, "open_layers", lambda *a, **k: opened.append(a))  # (would fail if called)
-    convert(src, out)
+    convert(src, out, flatten=flatten)
     assert opened == [] and prestart._early is None
     assert not _alive(pids)
-    assert _siblings(out) == ["out"]  # the staging directory went with the plan
+    assert _siblings(out) == [out.name]  # the staging directory went with the plan
     monkeypatch.undo()
-    convert(src, tmp_path / "cold")
-    assert list_directory(out) == list_directory(tmp_path / "cold")
-    assert sorted(os.listdir(out)) == ["app", "big", "etc"]
+    cold = tmp_path / ("cold.tar" if flatten else "cold")
+    convert(src, cold, flatten=flatten)
+    if flatten:
+        assert out.read_bytes() == cold.read_bytes()
+    else:
+        assert list_directory(out) == list_directory(cold)
+        assert sorted(os.listdir(out)) == ["app", "big", "etc"]
 
 
 def test_a_head_start_for_other_options_is_thrown_away(tmp_path: Path) -> None:
@@ -180,7 +192,12 @@ def test_a_plain_conversion_from_the_command_line_gives_the_same_tree(tmp_path: 
         r = _cli("convert", source, "-o", name + "-cold", "-q", "--max-ratio", "1000", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert list_directory(tmp_path / name) == list_directory(tmp_path / (name + "-cold"))
-    assert sorted(os.listdir(tmp_path)) == ["fast", "fast-cold", "fast-plain", "fast-plain-cold", "layout", "plain.tar"]
+    for source, name in ((src, "fast.tar"), ("plain.tar", "fast-plain.tar")):
+        assert _cli("convert", source, "--flatten", name, "-q", cwd=tmp_path).returncode == 0
+        assert _cli("convert", source, "--flatten", "cold-" + name, "--max-ratio", "1000", "-q", cwd=tmp_path).returncode == 0
+        assert (tmp_path / name).read_bytes() == (tmp_path / ("cold-" + name)).read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["cold-fast-plain.tar", "cold-fast.tar", "fast", "fast-cold", "fast-plain",
+                                            "fast-plain-cold", "fast-plain.tar", "fast.tar", "layout", "plain.tar"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
