@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; test suites call them directly.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -79,6 +80,43 @@ def make_id_mapper(
         gids=IdMap(granges, unmapped_id, "gid"),
         owner=fixed,
     )
+
+
+def _require_cwd(source: str, out: str) -> None:
+    """Relative paths need a current directory: one deleted under a shell is a one-line
+    error, not an internal one from deep inside."""
+    paths = [out] if out != "-" else []
+    if not source.startswith("docker://"):
+        where = source.split(":", 1)[1] if source.startswith(("oci:", "oci-archive:", "docker-archive:")) else source
+        paths += [where] if where != "-" else []
+    if all(os.path.isabs(p) for p in paths):
+        return
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists: give absolute paths, or cd to a directory "
+                         "that exists") from None
+
+
+def _spool_dir(out: str) -> Optional[str]:
+    """Where inflated layers go: beside the output (its file system, which has room for
+    the result), unless the output is a stream (``-``, ``/dev/fd/N``, a pipe or device:
+    ``/dev/fd`` is no place for files) or its directory is missing (the system's temp
+    directory then; the sink reports the missing directory)."""
+    if out == "-":
+        return None
+    from .sinks.atomic import own_fd
+
+    if own_fd(out) is not None:
+        return None
+    try:
+        mode = os.stat(out).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+            return None
+    except OSError:
+        pass
+    parent = os.path.dirname(os.path.abspath(out))
+    return parent if os.path.isdir(parent) else None
 
 
 def _refuse_losing_what_matters(out: str, source: str, *, force: bool) -> None:
@@ -216,13 +254,10 @@ def convert(
         from .sinks.tar import compression_for
 
         compression_for(out)  # (an unsupported suffix is refused before any work)
+    _require_cwd(source, out)
     if out != "-":
         _refuse_losing_what_matters(out, source, force=force)
-    spool_dir = None
-    if out != "-":
-        spool_dir = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(spool_dir):
-            spool_dir = None
+    spool_dir = _spool_dir(out)
     stage_beside = os.path.abspath(out) if spool_dir is not None and not flatten else None
     # the image may be open and its layers inflating already (see converter.prestart)
     early = None if registry_options is not None else take_early(Key(

@@ -436,18 +436,21 @@ def main() -> None:
             code = _run_app()
             raise SystemExit(code or 0)
         finally:
-            discard()  # a head start the command did not take (see converter.prestart)
+            discard(leaving=True)  # what a head start opened and nothing closed (see converter.prestart)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
     except KeyboardInterrupt:  # (outside a command's own handling: while parsing, say)
         code = interrupted()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        code = code or 141
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # (None: the fd was closed when the program started)
+                stream.flush()
+        except BrokenPipeError:
+            code = code or 141
+        except OSError:  # (a full device: what could not be written has been reported, or cannot be)
+            code = code or 8
     os._exit(code)
 
 

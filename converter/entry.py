@@ -11,16 +11,15 @@ import sys
 def main() -> None:
     gc.disable()  # (first: see converter.cli.main)
     from . import prestart
-    from .forking import keep_freed_memory
 
-    keep_freed_memory()
     try:
         prestart.start(sys.argv[1:])
         from .cli import main as run
+
+        run()  # (never returns: it ends the process, after closing what a head start opened)
     except KeyboardInterrupt:  # (SIGTERM too, while a head start is pending: see prestart)
-        prestart.discard()
+        prestart.discard(leaving=True)
         os._exit(interrupted())
-    run()  # (never returns: it ends the process, after discarding a head start not taken)
 
 
 def interrupted() -> int:
@@ -29,5 +28,8 @@ def interrupted() -> int:
     from .errors import Interrupted
 
     exc = Interrupted()
-    print(f"rootfs: error: {exc.message}", file=sys.stderr, flush=True)
+    try:
+        print(f"rootfs: error: {exc.message}", file=sys.stderr, flush=True)
+    except (OSError, AttributeError):  # (stderr closed or gone)
+        pass
     return exc.exit_code

@@ -213,8 +213,14 @@ class _Checks:
 
 
 def anonymous_file(directory: Optional[str]) -> int:
-    """An unnamed temporary file (in ``directory`` when given): its fd."""
-    f = tempfile.TemporaryFile(prefix="rootfs-layer-", dir=directory)
+    """An unnamed temporary file (in ``directory`` when given): its fd.  Failing to make
+    one is an output error naming the directory (read-only, not ours to write, gone)."""
+    try:
+        f = tempfile.TemporaryFile(prefix="rootfs-layer-", dir=directory)
+    except OSError as exc:
+        where = directory or tempfile.gettempdir()
+        raise OutputError(f"{where}: cannot make a temporary file for an inflated layer there: "
+                          f"{exc.strerror or exc}") from None
     fd = os.dup(f.fileno())
     f.close()
     return fd

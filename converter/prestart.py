@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from typing import Any, NamedTuple, Optional
+import threading
+from typing import Any, Callable, NamedTuple, Optional
 
 #: options of ``convert`` that change nothing about opening the image and its layers
 _FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--no-verify"})
@@ -56,7 +57,10 @@ class _Early(NamedTuple):
     opening: Any  # opening.Opening
 
 
+#: a head start ready to be taken
 _early: Optional[_Early] = None
+#: the closers of everything opened for a head start, taken or not (see discard)
+_held: list[Callable[[], None]] = []
 _starting = False
 
 
@@ -105,36 +109,42 @@ def start(args: list[str]) -> None:
     directory or tar file (see :func:`plain_convert`).  Never raises for what it finds:
     the conversion proper will find it again and say so."""
     global _early, _starting
-    plain = plain_convert(args)
-    if plain is None or any(os.environ.get(name) for name in _ENVIRONMENT):
-        return
-    output = os.path.abspath(plain.output)
-    parent, name = os.path.split(output)
-    if plain.output == "-" or not name or os.path.lexists(output) or not os.path.isdir(parent):
-        return  # (the usual case is a new file or directory; the rest gets no head start)
     try:
-        from .layerstream import Limits
-        from .sources import parse_spec
-
-        spec = parse_spec(plain.source)
-        if spec.transport == "docker" or not _plain_file_or_directory(spec.path):
-            return  # (a registry is a network round trip; a pipe or standard input is read once)
-        # (as convert derives them: see converter.api)
-        key = Key(plain.source, None, None, None, (), None, plain.verify, Limits(), parent,
-                  None if plain.flatten else output)
+        key = _key(args)
     except Exception:  # noqa: BLE001 - see the docstring
+        return
+    if key is None:
         return
     previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
     _starting = True
     try:
         _early = _open(key)
-    except Exception:  # noqa: BLE001 - see the docstring (_open closed what it opened)
-        pass
+    except Exception:  # noqa: BLE001 - see the docstring
+        discard(leaving=True)
     finally:
         _starting = False
         if _early is None:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _key(args: list[str]) -> Optional[Key]:
+    """What a plain conversion's options open, as :func:`converter.api.convert` derives it."""
+    plain = plain_convert(args)
+    if plain is None or plain.output == "-" or any(os.environ.get(name) for name in _ENVIRONMENT):
+        return None
+    output = os.path.abspath(plain.output)
+    parent, name = os.path.split(output)
+    if not name or os.path.lexists(output) or not os.path.isdir(parent):
+        return None  # (the usual case is a new file or directory; the rest gets no head start)
+    from .layerstream import Limits
+    from .sources import parse_spec
+
+    spec = parse_spec(plain.source)
+    if spec.transport == "docker" or spec.path == "-" or not _plain_file_or_directory(spec.path):
+        return None  # (a registry is a network round trip; a pipe or standard input is read once)
+    return Key(plain.source, None, None, None, (), None, plain.verify, Limits(), parent,
+               None if plain.flatten else output)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -157,32 +167,28 @@ def _plain_file_or_directory(path: str) -> bool:
 
 def _open(key: Key) -> _Early:
     """Open what ``key`` describes, as :func:`converter.api.convert` would (the merge
-    module is not needed for it, and is imported while the helpers work)."""
+    module is not needed for it, and is imported while the helpers work).  Each thing
+    opened is in :data:`_held` as soon as it exists, for :func:`discard`."""
     from .opening import Opening
     from .select import select_layers
     from .sources import open_image
 
     image = open_image(key.source, ref=key.ref, platform=key.platform)
-    try:
-        chosen = select_layers(image, layers=key.layers, skip=key.skip, only=key.only)
-        opening = Opening(list(chosen), verify=key.verify, limits=key.limits, spool_dir=key.spool_dir,
-                          stage_beside=key.stage_beside)
-    except BaseException:
-        image.close()
-        raise
-    try:
-        if chosen:
-            opening.open_ahead(0)  # (the helpers start here)
-    except BaseException:
-        opening.close()
-        image.close()
-        raise
+    _held.append(image.close)
+    chosen = select_layers(image, layers=key.layers, skip=key.skip, only=key.only)
+    opening = Opening(list(chosen), verify=key.verify, limits=key.limits, spool_dir=key.spool_dir,
+                      stage_beside=key.stage_beside)
+    _held.append(opening.close)
+    if chosen:
+        opening.open_ahead(0)  # (the helpers start here)
     return _Early(key, image, chosen, opening)
 
 
 def take(key: Key) -> Optional[tuple[Any, list, Any]]:
     """``(image, layers, opening)`` started for exactly ``key``, now the caller's to
-    close; None (after discarding any other head start) when there is none."""
+    close; None (after discarding any other head start) when there is none.  What is
+    taken stays in :data:`_held` too: should an interrupt land before the caller has it
+    in hand, the command's exit path still closes it (closing twice is harmless)."""
     global _early
     early = _early
     if early is None:
@@ -194,19 +200,28 @@ def take(key: Key) -> Optional[tuple[Any, list, Any]]:
     return early.image, early.layers, early.opening
 
 
-def discard() -> None:
-    """Stop a head start nobody took (every exit path of the command calls this)."""
+def discard(*, leaving: bool = False) -> None:
+    """Close everything opened for a head start that is not in use (every exit path of
+    the command calls this, ``leaving``).  An interrupt arriving meanwhile waits until
+    all is closed: then it is raised, or, ``leaving``, dropped (the command has its
+    exit code already)."""
     global _early
-    if _early is None:
+    _early = None
+    if not _held:
         return
-    # (an interrupt now would leave the staging directory: it waits until this is done)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    caught: list[int] = []
+    swap = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in _SIGNALS} if swap else {}
     try:
-        early, _early = _early, None
-        for close in (early.opening.close, early.image.close):
+        while _held:
+            close = _held.pop()
             try:
                 close()
-            except Exception:  # noqa: BLE001 - leaving: nothing more to do about it
+            except Exception:  # noqa: BLE001 - closing what is not needed: nothing more to do
                 pass
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught and not leaving:
+        raise KeyboardInterrupt

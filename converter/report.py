@@ -127,8 +127,15 @@ class ReportFile:
                 raise OutputError(f"--report {self.dest}: cannot write: {exc.strerror}") from None
             return
         if self._tmp is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            if sys.stdout is None:
+                raise OutputError("--report -: standard output is closed")
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise OutputError(f"--report -: cannot write to standard output: {exc.strerror}") from None
             return
         tmp, self._tmp = self._tmp, None
         try:

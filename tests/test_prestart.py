@@ -226,3 +226,43 @@ def test_an_interrupt_during_the_head_start_is_an_interrupt_like_any_other(tmp_p
         assert proc.returncode == 130 and err == "rootfs: error: interrupted; the destination was left as it was\n"
         assert sorted(os.listdir(tmp_path)) == ["layout"]
     assert caught
+
+
+def test_what_a_taken_head_start_opened_is_closed_on_the_way_out(tmp_path: Path) -> None:
+    """An interrupt may land between the conversion taking the head start and holding
+    it in a ``try``: the command's exit path closes it all the same."""
+    src = _image(tmp_path)
+    out = tmp_path / "out"
+    args = ["convert", src, "-o", str(out)]
+    prestart.start(args)
+    early = prestart._early
+    assert early is not None
+    pids, staged = _helpers(early.opening), early.opening.staging.path
+    key = prestart._key(args)
+    assert key is not None and prestart.take(key) is not None and prestart._early is None
+    prestart.discard(leaving=True)  # (what cli.main does on its way out)
+    assert pids and not _alive(pids) and staged and not os.path.exists(staged) and _siblings(out) == []
+
+
+def test_standard_input_gets_no_head_start_even_beside_a_file_named_dash(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "-").write_bytes(b"a file that is not standard input")
+    monkeypatch.chdir(tmp_path)
+    for source in ("-", "oci-archive:-", "docker-archive:-"):
+        prestart.start(["convert", source, "-o", "out"])
+        assert prestart._early is None
+
+
+def test_a_deleted_current_directory_is_one_line_with_or_without_a_head_start(tmp_path: Path) -> None:
+    src = _image(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOTFS_")}
+    results = []
+    for extra in ([], ["--max-ratio", "1000"]):
+        r = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$@"', "sh", sys.executable, "-m",
+                            "converter", "convert", src, "-o", "out", *extra], capture_output=True, text=True, env=env)
+        gone.mkdir()
+        results.append((r.returncode, r.stderr))
+    assert results[0] == results[1] == (2, "rootfs: error: the current directory no longer exists: give absolute "
+                                           "paths, or cd to a directory that exists\n")

@@ -77,8 +77,24 @@ def test_flatten_into_one_of_its_own_fds_is_like_dash(tmp_path: Path, expected: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["redirected.tar"]
 
 
-def test_flatten_into_an_inherited_fd(tmp_path: Path, expected: bytes) -> None:
+def _compressed_image(tmp_path: Path) -> str:
+    """Compressed layers are inflated to temporary files (which a stream output must not
+    put in /dev/fd/, its "directory")."""
+    from converter.testing.imagegen import File, ImageSpec, Layer, write_oci_layout
+
+    write_oci_layout(tmp_path / "layout", ImageSpec(layers=[Layer([File("a", b"a" * 200_000)], compression="gzip"),
+                                                            Layer([File("b", b"b")], compression="zstd")]))
+    return f"oci:{tmp_path / 'layout'}"
+
+
+@pytest.mark.parametrize("image", ["docker-archive", "compressed-oci"])
+def test_flatten_into_an_inherited_fd(tmp_path: Path, expected: bytes, image: str) -> None:
     """What ``--flatten >(cmd)`` passes: /dev/fd/N of a pipe the shell opened."""
+    source = str(SAMPLE) if image == "docker-archive" else _compressed_image(tmp_path)
+    if image != "docker-archive":
+        r = rootfs("convert", source, "--flatten", str(tmp_path / "ref.tar"), "-q")
+        assert r.returncode == 0, r.stderr
+        expected = (tmp_path / "ref.tar").read_bytes()
     read_end, write_end = os.pipe()
     chunks: list[bytes] = []
 
@@ -89,7 +105,7 @@ def test_flatten_into_an_inherited_fd(tmp_path: Path, expected: bytes) -> None:
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     try:
-        r = subprocess.run([sys.executable, "-m", "converter", "convert", str(SAMPLE), "--flatten", f"/dev/fd/{write_end}", "-q"],
+        r = subprocess.run([sys.executable, "-m", "converter", "convert", source, "--flatten", f"/dev/fd/{write_end}", "-q"],
                            pass_fds=(write_end,), capture_output=True)
     finally:
         os.close(write_end)
@@ -183,3 +199,27 @@ def test_a_sparse_file_that_would_fill_a_tar_is_refused_but_written_as_holes(tmp
     r = rootfs("ls", str(src), "--format", "tree")  # (a tree hash would read it whole too)
     assert r.returncode == 7 and b"'big': a sparse file of 429496729600 bytes" in r.stderr, r.stderr
     assert rootfs("ls", str(src)).returncode == 0  # (listing it costs nothing)
+
+
+def test_a_directory_that_cannot_hold_temporary_files_is_an_output_error(tmp_path: Path) -> None:
+    from converter.errors import OutputError
+    from converter.inflate import anonymous_file
+
+    with pytest.raises(OutputError, match="gone: cannot make a temporary file for an inflated layer there"):
+        anonymous_file(str(tmp_path / "gone"))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_a_report_to_a_full_standard_output_is_an_output_error(tmp_path: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "converter", "convert", str(SAMPLE), "-o", str(tmp_path / "out"),
+                            "--report", "-", "-q"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 8
+    assert r.stderr == "rootfs: error: --report -: cannot write to standard output: No space left on device\n"
+
+
+def test_a_closed_standard_output_is_no_internal_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "converter", "convert", str(SAMPLE), "-o", str(tmp_path / "out")],
+                       stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stderr.startswith("converted ")
+    assert (tmp_path / "out" / "etc").is_dir()
