@@ -54,7 +54,9 @@ IMPLIED_MODE = 0o755
 MAX_ID = (1 << 32) - 2
 #: the largest device number a ustar header carries (8 octal digits); real ones are far below
 MAX_DEVICE = (1 << 21) - 1
-_MIN_NS, _MAX_NS = -(1 << 63), (1 << 63) - 1
+#: mtimes kept as they are: from the epoch to the end of 64-bit nanoseconds (Docker's
+#: Chtimes and containerd's archive package map anything else to the epoch)
+_MIN_NS, _MAX_NS = 0, (1 << 63) - 1
 
 # node kinds: the listing's one-letter types
 DIR, REG, LNK, CHR, BLK, FIFO = "d", "f", "l", "c", "b", "p"
@@ -423,13 +425,14 @@ class Merger:
 
     def _checked(self, entry: TarEntry) -> tuple[int, int, int]:
         """Owner and mtime an output can hold: ids above 2^32-2 are refused (no file system
-        or tar reader takes them), mtimes outside 64-bit nanoseconds become the epoch
-        (EDGE-CASES 61, as containerd does)."""
+        or tar reader takes them), mtimes before 1970 or past 64-bit nanoseconds become
+        the epoch (EDGE-CASES 61, as Docker and containerd do)."""
         uid, gid, mtime_ns = entry.uid, entry.gid, entry.mtime_ns
         if uid > MAX_ID or gid > MAX_ID:
             raise InputError(f"{self._what(entry)}: owner {uid}:{gid} is out of range (ids are 0..{MAX_ID})")
         if not _MIN_NS <= mtime_ns <= _MAX_NS:
-            self.events.warn("mtime-clamped", f"{self._what(entry)}: mtime out of range; set to the epoch",
+            why = "before 1970" if mtime_ns < 0 else "out of range"
+            self.events.warn("mtime-clamped", f"{self._what(entry)}: mtime {why}; set to the epoch",
                              path=entry.name.decode("utf-8", "backslashreplace"), layer=self._layer_index)
             mtime_ns = 0
         return uid, gid, mtime_ns

@@ -1299,17 +1299,20 @@ def test_edge_60_directory_keeps_its_mtime_when_children_are_written_later(tmp_p
     assert (got.mtime("d"), got.mtime("d/sub")) == (T0 - 5000, T0 - 6000)
 
 
-def test_edge_61_mtimes_beyond_64_bit_nanoseconds_become_the_epoch_with_a_warning(tmp_path: Path, sink: str) -> None:
+def test_edge_61_mtimes_before_1970_or_past_64_bit_nanoseconds_become_the_epoch_with_a_warning(
+        tmp_path: Path, sink: str) -> None:
     spec = image([
         Raw(b"far-future", data=b"f", mtime=2**80),  # base-256: no file system or tar reader holds it
         Raw(b"far-past", data=b"p", mtime=-(2**70)),
-        Raw(b"before-1970", data=b"b", mtime=-86400),  # representable: kept as it is
+        Raw(b"before-1970", data=b"b", mtime=-86400),  # (Docker's Chtimes and containerd: the epoch too)
+        Raw(b"epoch", data=b"e", mtime=0),
         File("normal", b"n"),
     ])
     got = run(spec, tmp_path, sink)
-    assert [got.mtime(p) for p in ("far-future", "far-past", "before-1970", "normal")] == [0, 0, -86400, T0]
+    assert [got.mtime(p) for p in ("far-future", "far-past", "before-1970", "epoch", "normal")] == [0, 0, 0, 0, T0]
     warnings = got.warnings("mtime-clamped")
-    assert len(warnings) == 2 and "'far-future'" in warnings[0] and "'far-past'" in warnings[1]
+    assert len(warnings) == 3 and "'far-future'" in warnings[0] and "out of range" in warnings[0]
+    assert "'far-past'" in warnings[1] and "'before-1970'" in warnings[2] and "before 1970" in warnings[2]
 
 
 def test_edge_62_a_symlink_gets_its_own_owner_and_mtime_never_its_targets(tmp_path: Path, sink: str) -> None:
