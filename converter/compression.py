@@ -21,6 +21,7 @@ NONE, GZIP, ZSTD, XZ, BZIP2 = "none", "gzip", "zstd", "xz", "bzip2"
 KINDS = (NONE, GZIP, ZSTD, XZ, BZIP2)
 SNIFF_BYTES = 512
 PIECE = 512 << 10  # decompressed bytes per queue item
+_SLICE = 32 << 10  # stored bytes fed to a gzip/xz/bzip2 decompressor at a time (see _Inflater.feed)
 #: the most memory a decoder may ask for: a zstd window or an xz dictionary is allocated
 #: whole, whatever the data (a 1 GiB window in a few bytes of header cost 1 GB of RSS).
 #: 128 MiB is zstd's own default limit (--long=27) and twice what xz -9 needs.
@@ -103,6 +104,18 @@ class _Inflater:
         raise AssertionError(self.kind)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        # In slices: at the end of each member the decompressor copies the input left
+        # over (``unused_data``), so a layer of many small members (eStargz has one per
+        # file) copied half a 512 KiB read per member: 9 us a member, against 3.3 us in
+        # 32 KiB slices, and no change for one big member.
+        if len(data) <= _SLICE:
+            yield from self._feed(data)
+            return
+        view = memoryview(data)
+        for at in range(0, len(data), _SLICE):
+            yield from self._feed(bytes(view[at:at + _SLICE]))
+
+    def _feed(self, data: bytes) -> Iterator[bytes]:
         while data:
             if self._between:
                 stripped = data.lstrip(b"\0")

@@ -765,6 +765,32 @@ def test_edge_10_multi_member_padding_and_data_after_tar_eof(tmp_path: Path, com
     assert convert_listing(source, tmp_path, sink) == EXPECTED
 
 
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2"])
+def test_edge_10_thousands_of_members_and_padding_across_every_read_boundary(kind: str) -> None:
+    """eStargz writes a gzip member per file: thousands of members, whose ends, NUL runs
+    and starts fall on every position of the decompressor's reads."""
+    import bz2
+    import io
+    import lzma
+    import random
+
+    from converter import compression
+    from converter.errors import InputError
+
+    pack = {"gzip": lambda b: gzip.compress(b, mtime=0), "xz": lzma.compress, "bzip2": bz2.compress}[kind]
+    rng = random.Random(10)
+    plain, stored = [], []
+    for i in range(600 if kind == "gzip" else 60):
+        data = rng.randbytes(rng.randrange(0, 3000)) + b"x" * rng.randrange(0, 9000)
+        plain.append(data)
+        stored.append(pack(data) + (b"\0" * rng.choice((0, 0, 1, 511, 40_000)) if kind != "bzip2" else b""))
+    blob = b"".join(stored)
+    got = b"".join(compression.inflate_pieces(kind, io.BytesIO(blob).read, what="layer"))
+    assert got == b"".join(plain)
+    with pytest.raises(InputError, match="layer: (corrupt|truncated)"):
+        b"".join(compression.inflate_pieces(kind, io.BytesIO(blob + b"garbage after the last member").read, what="layer"))
+
+
 @pytest.mark.parametrize("layout", ["docker-legacy", "docker25"])
 def test_edge_10_uncompressed_layer_with_data_after_tar_eof(tmp_path: Path, layout: str) -> None:
     layers = base_layers()
