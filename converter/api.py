@@ -6,7 +6,6 @@ The CLI is a thin layer over these functions; test suites call them directly.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -16,7 +15,7 @@ from .image import Image, Layer, Platform
 from .layerstream import Limits
 from .merge import Events, LayerStats, MergeOptions, Plan, build_plan, gc_paused
 from .opening import Opening
-from .prestart import Key, take as take_early
+from .prestart import opening_key, take as take_early
 from .select import select_layers
 from .sinks.directory import DirectoryOptions, write_directory
 from .sinks.tar import TarOptions, write_tar
@@ -96,27 +95,6 @@ def _require_cwd(source: str, out: str) -> None:
     except FileNotFoundError:
         raise UsageError("the current directory no longer exists: give absolute paths, or cd to a directory "
                          "that exists") from None
-
-
-def _spool_dir(out: str) -> Optional[str]:
-    """Where inflated layers go: beside the output (its file system, which has room for
-    the result), unless the output is a stream (``-``, ``/dev/fd/N``, a pipe or device:
-    ``/dev/fd`` is no place for files) or its directory is missing (the system's temp
-    directory then; the sink reports the missing directory)."""
-    if out == "-":
-        return None
-    from .sinks.atomic import own_fd
-
-    if own_fd(out) is not None:
-        return None
-    try:
-        mode = os.stat(out).st_mode
-        if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-            return None
-    except OSError:
-        pass
-    parent = os.path.dirname(os.path.abspath(out))
-    return parent if os.path.isdir(parent) else None
 
 
 def _refuse_losing_what_matters(out: str, source: str, *, force: bool) -> None:
@@ -257,11 +235,11 @@ def convert(
     _require_cwd(source, out)
     if out != "-":
         _refuse_losing_what_matters(out, source, force=force)
-    spool_dir = _spool_dir(out)
-    stage_beside = os.path.abspath(out) if spool_dir is not None and not flatten else None
+    key = opening_key(source, out, flatten=flatten, ref=ref, platform=platform, layers=layers, skip=skip_layers,
+                      only=only_layer, verify=verify, limits=limits)
+    spool_dir, stage_beside = key.spool_dir, key.stage_beside
     # the image may be open and its layers inflating already (see converter.prestart)
-    early = None if registry_options is not None else take_early(Key(
-        source, ref, platform, layers, tuple(skip_layers), only_layer, verify, limits, spool_dir, stage_beside))
+    early = None if registry_options is not None else take_early(key)
     image = early[0] if early is not None else open_image(source, ref=ref, platform=platform,
                                                           registry_options=registry_options)
     with image:

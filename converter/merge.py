@@ -826,9 +826,7 @@ def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptio
             if options.progress:
                 options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
     except BaseException:
-        if opening is not None:
-            opening.close_readings()
-        plan.close()
+        plan.close()  # (the opening with it, readings first)
         raise
     plan.readings = opening.readings
     return plan

@@ -74,13 +74,11 @@ class Opening:
             pool.release()
         return self.readings[position]
 
-    def close_readings(self) -> None:
+    def close(self) -> None:
+        """Close the readings, stop the helpers, close the inflated files and remove the
+        staging directory."""
         for reading in self.readings:
             reading.close()
-
-    def close(self) -> None:
-        """Stop the helpers, close the inflated files and remove the staging directory."""
-        self.close_readings()
         _quietly(self.pool.close)
         fds = []
         for inflated in self.inflated:

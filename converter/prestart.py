@@ -23,7 +23,7 @@ import os
 import signal
 import stat
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 #: options of ``convert`` that change nothing about opening the image and its layers
 _FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--no-verify"})
@@ -143,8 +143,20 @@ def _key(args: list[str]) -> Optional[Key]:
     spec = parse_spec(plain.source)
     if spec.transport == "docker" or spec.path == "-" or not _plain_file_or_directory(spec.path):
         return None  # (a registry is a network round trip; a pipe or standard input is read once)
-    return Key(plain.source, None, None, None, (), None, plain.verify, Limits(), parent,
-               None if plain.flatten else output)
+    return opening_key(plain.source, plain.output, flatten=plain.flatten, verify=plain.verify, limits=Limits())
+
+
+def opening_key(source: str, output: str, *, flatten: bool, verify: bool, limits: Any, ref: Optional[str] = None,
+                platform: Any = None, layers: Optional[str] = None, skip: Sequence[str] = (),
+                only: Optional[str] = None) -> Key:
+    """How a conversion of ``source`` to ``output`` opens its layers (the one derivation,
+    for :func:`converter.api.convert` and the head start alike): inflated layers go
+    beside the output, and a directory output's big files are staged there."""
+    from .sinks.atomic import spool_dir_for
+
+    spool_dir = spool_dir_for(output)
+    stage_beside = os.path.abspath(output) if spool_dir is not None and not flatten else None
+    return Key(source, ref, platform, layers, tuple(skip), only, verify, limits, spool_dir, stage_beside)
 
 
 def _on_signal(signum: int, frame: Any) -> None:

@@ -197,6 +197,28 @@ def own_fd(dest: str) -> Optional[int]:
     return None
 
 
+def _stream_node(mode: int) -> bool:
+    """A file written into rather than replaced: a character device or a FIFO."""
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def spool_dir_for(dest: str) -> Optional[str]:
+    """Where the inflated layers of a conversion to ``dest`` go: beside it (its file
+    system has room for the result), unless ``dest`` is written as a stream (``-``, one
+    of this process's fds, a device or FIFO: see :func:`stream_destination`; ``/dev/fd``
+    is no place for files) or its directory is missing (the system's temp directory
+    then; the sink reports the missing directory)."""
+    if dest == "-" or own_fd(dest) is not None:
+        return None
+    try:
+        if _stream_node(os.lstat(dest).st_mode):
+            return None
+    except OSError:
+        pass
+    parent = os.path.dirname(os.path.abspath(dest))
+    return parent if os.path.isdir(parent) else None
+
+
 def stream_destination(dest: str, *, what: str) -> Optional[int]:
     """An fd to write ``dest`` into as a stream, when it is not a path to replace: one of
     this process's fds (see :func:`own_fd`; dup'ed) or an existing character device or
@@ -217,7 +239,7 @@ def stream_destination(dest: str, *, what: str) -> Optional[int]:
     if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
         kind = "a block device" if stat.S_ISBLK(mode) else "a socket"
         raise OutputError(f"{what} {dest}: is {kind}; refusing to write over it (use - and redirect, if meant)")
-    if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+    if not _stream_node(mode):
         return None
     try:
         return os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
