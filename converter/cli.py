@@ -425,12 +425,14 @@ def main() -> None:
     # collector only re-walked the imported modules and the merged view (about 10 ms of
     # start-up, more per 10k entries)
     gc.disable()
+    from . import forking
     from .forking import keep_freed_memory
     from .entry import interrupted
     from .prestart import discard
 
     keep_freed_memory()
     _state["exits"] = True
+    forking.PROCESS_ENDS = True
     try:
         try:
             code = _run_app()

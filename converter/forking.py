@@ -22,6 +22,12 @@ from . import errors
 #: debugging and for platforms without fork).
 CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
 
+#: set by the command's entry point (:func:`converter.cli.main`), whose process ends as
+#: soon as the command has: idle helpers are then left to end with it instead of being
+#: stopped and waited for (see :meth:`converter.workers.Workers.leave`).  Never set for a
+#: library caller, who must get its children back.
+PROCESS_ENDS = False
+
 
 def die_with_parent() -> None:  # pragma: no cover - child only
     """A helper must not outlive a killed parent (a writer would keep writing into a

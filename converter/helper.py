@@ -59,6 +59,10 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         if got is None:
             return
         request, fds = got
+        if request["op"] == "hold":
+            # files the parent has let go of (see Workers.leave): they are freed when
+            # this process ends, after the parent has hung up
+            continue
         counters = [0, 0]
         try:
             if request["op"] == "hash":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from . import forking
 from .image import Layer
 from .inflate import Inflation, release_files
 from .layerstream import LayerReading, Limits
@@ -79,7 +80,18 @@ class Opening:
         staging directory."""
         for reading in self.readings:
             reading.close()
+        if forking.PROCESS_ENDS and self.pool.idle():
+            # (the helpers are idle: nothing more is written into the staging directory)
+            fds = self._let_go()
+            if not self.pool.leave(fds):
+                _quietly(self.pool.close)
+                release_files(fds)
+            return
         _quietly(self.pool.close)
+        release_files(self._let_go())
+
+    def _let_go(self) -> list[int]:
+        """Remove the staging directory; the descriptors of the files still to free."""
         fds = []
         for inflated in self.inflated:
             fds.append(inflated.fd)
@@ -88,7 +100,7 @@ class Opening:
         staging, self.staging = self.staging, None
         if staging is not None:
             fds += staging.remove()
-        release_files(fds)
+        return fds
 
 
 def _quietly(close: Callable[[], None]) -> None:

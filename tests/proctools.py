@@ -20,3 +20,20 @@ def child_processes(*, zombies: bool = True) -> set[int]:
             if fields[1] == me and (zombies or fields[0] != "Z"):
                 kids.add(int(entry))
     return kids
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of the group that are not zombies (an orphaned zombie waits for PID 1 to
+    reap it, which a minimal container init may never do: it is not running)."""
+    live = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            live.append(int(entry))
+    return live

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
-from proctools import child_processes
-from converter.errors import IntegrityError, OutputError
+from proctools import child_processes, live_group_members
+from converter.errors import ConverterError, IntegrityError, OutputError
 from converter.listing import list_directory
 from converter.sinks import tar as tar_sink
 from converter.testing.imagegen import (
@@ -203,6 +203,106 @@ def test_big_inflated_files_are_freed_by_an_orphan_that_leaves_no_child_behind(
     assert not child_processes() - kids_before
     leaked = set(os.listdir("/proc/self/fd")) - fds_before
     assert not [fd for fd in leaked if "rootfs-layer" in os.readlink(f"/proc/self/fd/{fd}")]
+
+
+def _wait_for_children(pids: set[int]) -> dict[int, int]:
+    """Reap ``pids`` (children of this process): their exit statuses."""
+    return {pid: os.waitpid(pid, 0)[1] for pid in pids}
+
+
+def test_a_process_that_ends_after_the_run_leaves_its_idle_helpers_to_end_with_the_inflated_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's process ends right after a run (PROCESS_ENDS): instead of stopping
+    and reaping its helpers and forking an orphan to free the inflated layers, it hands
+    the files to an idle helper and hangs up.  The output is complete, this process holds
+    none of the files, and every helper ends on its own (exit status 0, not killed)."""
+    from converter import forking, inflate
+
+    src = _source(tmp_path, "gzip")
+    convert(src, tmp_path / "cold")
+    monkeypatch.setattr(forking, "PROCESS_ENDS", True)
+    monkeypatch.setattr(inflate, "DETACH_AT", 0)  # (else small files would be closed here anyway)
+    orphans = []
+    monkeypatch.setattr(inflate, "_free_in_orphan", lambda fds: orphans.append(fds) or -1)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    kids_before = child_processes()
+    convert(src, tmp_path / "out")
+    assert (tmp_path / "out" / "big3").read_bytes() == BIG + b"x"
+    assert list_directory(tmp_path / "out") == list_directory(tmp_path / "cold")
+    leaked = set(os.listdir("/proc/self/fd")) - fds_before
+    assert not [fd for fd in leaked if "rootfs-layer" in os.readlink(f"/proc/self/fd/{fd}")]
+    assert not orphans, "the files went to an orphan, not to a helper"
+    helpers = child_processes() - kids_before
+    assert len(helpers) == workers.SIZE
+    statuses = _wait_for_children(helpers)
+    assert all(os.WIFEXITED(s) and os.WEXITSTATUS(s) == 0 for s in statuses.values()), statuses
+
+
+def test_the_command_returns_a_complete_output_and_its_helpers_end_on_their_own(tmp_path: Path) -> None:
+    """The same through the command, whose process does end after the run: the output is
+    the library's, nothing else is left beside it, and no process of the run is still
+    alive soon after (zombies aside: reaping orphans is PID 1's business)."""
+    import subprocess
+    import sys
+
+    src = _source(tmp_path, "zstd")
+    convert(src, tmp_path / "library")
+    proc = subprocess.Popen([sys.executable, "-m", "converter", "convert", src, "-q", "-o", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert list_directory(tmp_path / "out") == list_directory(tmp_path / "library")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "library", "out"]
+    deadline = time.monotonic() + 10
+    while live_group_members(proc.pid):
+        assert time.monotonic() < deadline, f"processes of the run still alive: {live_group_members(proc.pid)}"
+        time.sleep(0.01)
+
+
+def test_a_failed_run_stops_and_reaps_its_helpers_even_when_the_process_ends_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helpers still at work when a run fails are stopped as always: nothing is left
+    running into a staging directory being removed, and no child is left behind."""
+    from converter import forking
+
+    monkeypatch.setattr(forking, "PROCESS_ENDS", True)
+    built = write_oci_layout(tmp_path / "layout", _spec("gzip"))
+    blob = tmp_path / "layout" / "blobs" / "sha256" / built.layer_digests[0].split(":", 1)[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    kids_before = child_processes()
+    with pytest.raises(ConverterError, match="layer 1"):
+        convert(f"oci:{tmp_path / 'layout'}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not child_processes() - kids_before
+
+
+def test_helpers_with_work_left_are_not_left_running(tmp_path: Path) -> None:
+    """``leave`` refuses while a job is unanswered; ``close`` then stops the helpers."""
+    from converter.image import FileRegion
+
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(1 << 20) * 64)
+    fd = os.open(data, os.O_RDONLY)
+    kids_before = child_processes()
+    pool = workers.Workers()
+    try:
+        job = pool.hash(FileRegion(fd, 0, 64 << 20), [(None, None, "data")], what="data")
+        assert not pool.idle()
+        assert not pool.leave([])
+        job.wait_done()
+        assert pool.idle()
+        assert pool.leave([])
+        assert pool._helpers == []
+        statuses = _wait_for_children(child_processes() - kids_before)
+        assert statuses and all(os.WIFEXITED(s) and os.WEXITSTATUS(s) == 0 for s in statuses.values())
+    finally:
+        pool.close()
+        os.close(fd)
 
 
 def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

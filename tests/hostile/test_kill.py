@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
-from proctools import child_processes
+from proctools import child_processes, live_group_members
 from converter.errors import Interrupted
 from converter.testing.imagegen import File, ImageSpec, Layer, Symlink, write_docker_archive
 
@@ -261,28 +261,11 @@ def test_kill(kill: Kill, sink: str, big_image: BigImage, kill_arena: Arena) -> 
     assert not _partials(arena), f"partial left after {kill.sig.name}: {_partials(arena)}"
 
 
-def _live_members(pgid: int) -> list[int]:
-    """Processes of the group that are not zombies (an orphaned zombie waits for PID 1 to
-    reap it, which a minimal container init may never do: it is not running)."""
-    live = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            live.append(int(entry))
-    return live
-
-
 def _reap_group(pgid: int) -> None:
     """No process of the conversion may survive it (a forked writer outliving a SIGKILLed
     parent would keep writing into the partial the next run removes)."""
     deadline = time.monotonic() + 10
-    while _live_members(pgid):
+    while live_group_members(pgid):
         if time.monotonic() > deadline:
             os.killpg(pgid, signal.SIGKILL)
             raise AssertionError("a process of the killed conversion was still alive 10 s later")
