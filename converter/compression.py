@@ -8,9 +8,6 @@ memory before the caller's limits see it.
 
 from __future__ import annotations
 
-import bz2
-import lzma
-import queue
 import threading
 import zlib
 from typing import Any, Callable, Iterator, Optional
@@ -91,6 +88,14 @@ class _Inflater:
     def __init__(self, kind: str, what: str) -> None:
         self.kind = kind
         self.what = what
+        # (lzma and bz2 are imported only for their layers: a few ms of every start)
+        self._errors: tuple[type[BaseException], ...] = (*_GZIP_ERRORS, OSError, ValueError, EOFError)
+        self._xz_error: Optional[type[BaseException]] = None
+        if kind == XZ:
+            import lzma
+
+            self._xz_error = lzma.LZMAError
+            self._errors += (lzma.LZMAError,)
         self._d = self._new()
         self._between = False  # finished a member; only NULs or a new member may follow
 
@@ -98,8 +103,12 @@ class _Inflater:
         if self.kind == GZIP:
             return _gzip_impl.decompressobj(wbits=31)
         if self.kind == XZ:
+            import lzma
+
             return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_DECODER_MEMORY)
         if self.kind == BZIP2:
+            import bz2
+
             return bz2.BZ2Decompressor()
         raise AssertionError(self.kind)
 
@@ -151,8 +160,8 @@ class _Inflater:
                         self._between = True
                     else:
                         data = b""
-            except (*_GZIP_ERRORS, lzma.LZMAError, OSError, ValueError, EOFError) as exc:
-                if isinstance(exc, lzma.LZMAError) and "memory" in str(exc).lower():
+            except self._errors as exc:
+                if self._xz_error is not None and isinstance(exc, self._xz_error) and "memory" in str(exc).lower():
                     raise _too_much_memory(self.what, "xz") from None
                 raise InputError(f"{self.what}: corrupt {self.kind} data: {exc}") from None
 
@@ -385,7 +394,10 @@ class DecompressingReader:
         self.what = what
         self._raw_read = raw_read
         self._on_output = on_output
+        import queue
+
         self._q: "queue.Queue[object]" = queue.Queue(maxsize=queue_items)
+        self._full = queue.Full
         self._stop = threading.Event()
         self._buf = memoryview(b"")
         self._done = False
@@ -400,7 +412,7 @@ class DecompressingReader:
             try:
                 self._q.put(item, timeout=0.1)
                 return True
-            except queue.Full:
+            except self._full:
                 continue
         return False
 

@@ -4,7 +4,6 @@ helper processes cannot be forked (see :mod:`converter.workers`)."""
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from typing import Optional
 
@@ -51,6 +50,8 @@ class HashThread:
     """One thread hashing regions in order (where helpers cannot be forked)."""
 
     def __init__(self) -> None:
+        import queue  # (threads only: helper processes are the rule)
+
         self._q: "queue.Queue[Optional[tuple[FileRegion, list[Expectation], Check]]]" = queue.Queue()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

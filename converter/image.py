@@ -9,7 +9,6 @@ sinks and the merge never care where the bytes come from.
 from __future__ import annotations
 
 import os
-import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Optional
 
@@ -34,7 +33,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> "Platform":
-        machine = _platform.machine().lower()
+        machine = os.uname().machine.lower()  # (what platform.machine() says, without importing it)
         arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
         return cls("linux", arch, variant)
 

@@ -209,6 +209,37 @@ def test_a_directory_that_cannot_hold_temporary_files_is_an_output_error(tmp_pat
         anonymous_file(str(tmp_path / "gone"))
 
 
+def test_temporary_files_are_made_where_the_file_system_has_no_unnamed_files_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unnamed file comes from O_TMPFILE when the file system has it, else from the
+    tempfile module's fallback (a named file unlinked at once): either way a private,
+    empty, writable file that leaves no name behind."""
+    import errno
+
+    from converter.inflate import anonymous_file
+
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *args, **kw):  # type: ignore[no-untyped-def]
+        if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kw)
+
+    for patched in (False, True):
+        if patched:
+            monkeypatch.setattr(os, "open", no_tmpfile)
+        fd = anonymous_file(str(tmp_path))
+        try:
+            os.write(fd, b"x" * 5000)
+            st = os.fstat(fd)
+            assert st.st_size == 5000 and st.st_mode & 0o777 == 0o600 and st.st_nlink == 0
+            assert not os.get_inheritable(fd)
+        finally:
+            os.close(fd)
+        assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_a_report_to_a_full_standard_output_is_an_output_error(tmp_path: Path) -> None:
     with open("/dev/full", "wb") as full:

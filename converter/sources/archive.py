@@ -12,7 +12,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Optional
 
@@ -247,6 +246,8 @@ SPOOL_RATIO_FLOOR = 1 << 30
 
 def _spool(src_fd: int, *, label: str, seekable: bool) -> int:
     """Decompress (if needed) ``src_fd`` into an anonymous temporary file; return its fd."""
+    import tempfile  # (only for standard input and compressed archives: see inflate.anonymous_file)
+
     tmp = tempfile.TemporaryFile(prefix="rootfs-spool-")
     out_fd = os.dup(tmp.fileno())
     tmp.close()
