@@ -19,7 +19,11 @@ def main() -> None:
         run()  # (never returns: it ends the process, after closing what a head start opened)
     except KeyboardInterrupt:  # (SIGTERM too, while a head start is pending: see prestart)
         prestart.discard(leaving=True)
-        os._exit(interrupted())
+        code = interrupted()
+        from .forking import reap_left
+
+        reap_left()
+        os._exit(code)
 
 
 def interrupted() -> int:

@@ -28,6 +28,41 @@ CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
 #: library caller, who must get its children back.
 PROCESS_ENDS = False
 
+#: helpers left to end on their own (see Workers.leave), reaped by :func:`reap_left`
+_LEFT: list[int] = []
+
+
+def leave_to_reap(pid: int) -> None:
+    _LEFT.append(pid)
+
+
+def reap_left(timeout: float = 2.0) -> None:
+    """Reap the helpers left to end on their own, as the process ends (they have been
+    told to exit and mostly have by now).  Left unreaped, each would become a zombie of
+    PID 1 once this process exits, and an init that never reaps (a Python harness or
+    ``sleep infinity`` as a container's PID 1) would collect two a run, until the
+    container's pid limit stops it.  One still running after ``timeout`` is killed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _LEFT:
+        pid = _LEFT[0]
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if not done and time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            done = pid
+        if done:
+            _LEFT.pop(0)
+        else:
+            time.sleep(0.0002)
+
 
 def die_with_parent() -> None:  # pragma: no cover - child only
     """A helper must not outlive a killed parent (a writer would keep writing into a

@@ -247,6 +247,17 @@ def close_quietly(fd: int) -> None:
 DETACH_AT = 64 << 20
 
 
+def worth_detaching(fds: list[int]) -> bool:
+    """Whether freeing ``fds`` is worth handing to another process (see release_files)."""
+    total = 0
+    for fd in fds:
+        try:
+            total += os.fstat(fd).st_size if fd >= 0 else 0
+        except OSError:
+            pass
+    return total >= DETACH_AT and CAN_FORK
+
+
 def release_files(fds: list[int]) -> None:
     """Close the inflated layer files.
 
@@ -256,13 +267,7 @@ def release_files(fds: list[int]) -> None:
     fork, so nobody has to reap it) that frees them while this process returns; the
     orphan closes every other descriptor first, so it never holds a pipe open."""
     fds = [fd for fd in fds if fd >= 0]
-    total = 0
-    for fd in fds:
-        try:
-            total += os.fstat(fd).st_size
-        except OSError:
-            pass
-    if total >= DETACH_AT and CAN_FORK:
+    if worth_detaching(fds):
         try:
             done = _free_in_orphan(fds)
         except OSError:

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from . import forking
 from .image import Layer
-from .inflate import Inflation, release_files
+from .inflate import Inflation, release_files, worth_detaching
 from .layerstream import LayerReading, Limits
 from .staging import Staging
 from .workers import Workers
@@ -83,9 +83,13 @@ class Opening:
         if forking.PROCESS_ENDS and self.pool.idle():
             # (the helpers are idle: nothing more is written into the staging directory)
             fds = self._let_go()
-            if not self.pool.leave(fds):
-                _quietly(self.pool.close)
-                release_files(fds)
+            hold = [fd for fd in fds if fd >= 0] if worth_detaching(fds) else []
+            if self.pool.leave(hold):
+                if not hold:
+                    release_files(fds)  # (small: freed here at once)
+                return
+            _quietly(self.pool.close)
+            release_files(fds)
             return
         _quietly(self.pool.close)
         release_files(self._let_go())

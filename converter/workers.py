@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import IntegrityError, OutputError
-from .forking import CAN_FORK, error_from_wire, fork_frozen
+from .forking import CAN_FORK, error_from_wire, fork_frozen, leave_to_reap
 from .hashing import HashThread
 from .helper import REC, serve
 from .image import FileRegion
@@ -384,34 +384,36 @@ class Workers:
         """Whether every job submitted has been answered (a run that ended well)."""
         return not self._held and not any(h.jobs for h in self._helpers)
 
-    def leave(self, fds: list[int]) -> bool:
+    def leave(self, hold: list[int]) -> bool:
         """End the helpers of a process that itself ends right after (see
-        :data:`converter.forking.PROCESS_ENDS`) without stopping and waiting for them.
+        :data:`converter.forking.PROCESS_ENDS`) without stopping and waiting for them now.
 
         Stopping and reaping two helpers took 3.5 ms at the end of every run, and freeing
-        the inflated files in a double-forked orphan (see
+        big inflated files in a double-forked orphan (see
         :func:`~converter.inflate.release_files`) 4.3 ms more: time when only this
-        process works.  Instead ``fds`` (the inflated files) go to an idle helper, this
-        process closes its own copies and hangs up, and each helper, seeing the end of
-        its job socket, exits: the last references to the files go with the helper that
-        holds them, on the other core (PR_SET_PDEATHSIG besides).  The helpers become
-        zombies until this process exits, which is why only a process about to end may
-        do this.  True when done; False, with nothing changed, while a helper still has
-        work (the run failed: :meth:`close` stops them) or the files cannot be handed
-        over."""
+        process works.  Instead this process hangs up and each helper, seeing the end of
+        its job socket, exits on its own (PR_SET_PDEATHSIG besides) while the command
+        finishes; :func:`~converter.forking.reap_left` reaps them as the process ends.
+        ``hold`` (big inflated files) goes to the first helper first, and this process
+        closes its own copies: that helper drops the last references as it exits, and,
+        like the orphan it replaces, is not waited for.  True when done (``hold`` is then
+        closed); False, with nothing changed, while a helper still has work (the run
+        failed: :meth:`close` stops them) or the files cannot be handed over."""
         helpers = self._helpers
-        if not helpers or not self.idle() or len(fds) > _MAX_FDS:
+        if not helpers or not self.idle() or len(hold) > _MAX_FDS:
             return False
-        if fds:
+        if hold:
             try:
-                socket.send_fds(helpers[0].sock, [b'{"op": "hold"}'], fds)
+                socket.send_fds(helpers[0].sock, [b'{"op": "hold"}'], hold)
             except OSError:
                 return False
-        for fd in fds:
+        for fd in hold:
             close_quietly(fd)
         for h in helpers:
             h.sock.close()
             h.reports.close()
+            if not (hold and h is helpers[0]):
+                leave_to_reap(h.pid)
         self._helpers = []
         return True
 

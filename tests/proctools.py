@@ -22,9 +22,10 @@ def child_processes(*, zombies: bool = True) -> set[int]:
     return kids
 
 
-def live_group_members(pgid: int) -> list[int]:
+def live_group_members(pgid: int, *, zombies: bool = False) -> list[int]:
     """Processes of the group that are not zombies (an orphaned zombie waits for PID 1 to
-    reap it, which a minimal container init may never do: it is not running)."""
+    reap it, which a minimal container init may never do: it is not running); with
+    ``zombies``, those too."""
     live = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -34,6 +35,6 @@ def live_group_members(pgid: int) -> list[int]:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        if int(fields[2]) == pgid and (zombies or fields[0] not in (b"Z", b"X")):
             live.append(int(entry))
     return live
