@@ -44,6 +44,12 @@ from .tar.reader import NO_RECORDS, TarEntry
 #: helpers to fork: the bench machine has two cores, and more gave nothing there
 SIZE = max(1, min(2, os.cpu_count() or 1))
 
+#: jobs sent to a helper and not answered yet, at most; the rest wait in its backlog.
+#: Its job socket holds only so much (bytes, and file descriptors in flight); sending
+#: every job of a 170-layer image at once blocked this process in send() while the
+#: helper blocked sending reports this process was not reading: a deadlock
+_IN_FLIGHT = 8
+
 #: file descriptors one message may carry (the kernel's SCM_MAX_FD is 253)
 _MAX_FDS = 250
 
@@ -103,13 +109,14 @@ class _Helper:
     """One helper process: ``jobs`` were sent to it and are run in order; the first is
     the one its reports are about."""
 
-    __slots__ = ("pid", "sock", "reports", "jobs", "load", "buf")
+    __slots__ = ("pid", "sock", "reports", "jobs", "backlog", "load", "buf")
 
     def __init__(self, pid: int, sock: socket.socket, reports: socket.socket) -> None:
         self.pid = pid
         self.sock = sock  # jobs go out here, one message each with their fds
         self.reports = reports  # a byte stream of records comes back here
-        self.jobs: deque[Job] = deque()
+        self.jobs: deque[Job] = deque()  # sent, in order
+        self.backlog: deque[Job] = deque()  # its next ones, not sent yet (see _IN_FLIGHT)
         self.load = 0  # stored bytes of the jobs it has not finished
         self.buf = bytearray()
 
@@ -229,6 +236,18 @@ class Workers:
         if helper not in self._helpers:  # lost since the job was meant for it (see release)
             self._submit(job)
             return
+        helper.load += int(job.request["size"])
+        if helper.backlog or len(helper.jobs) >= _IN_FLIGHT:
+            helper.backlog.append(job)
+            return
+        self._transmit(job, helper)
+
+    def _feed(self, helper: _Helper) -> None:
+        """Send ``helper`` the next jobs of its backlog, up to :data:`_IN_FLIGHT`."""
+        while helper.backlog and len(helper.jobs) < _IN_FLIGHT and helper in self._helpers:
+            self._transmit(helper.backlog.popleft(), helper)
+
+    def _transmit(self, job: Job, helper: _Helper) -> None:
         data = json.dumps(job.request).encode()
         try:
             socket.send_fds(helper.sock, [data], job.fds)
@@ -239,13 +258,12 @@ class Workers:
                 _, status = os.waitpid(helper.pid, 0)
                 self._lose(helper, status, also=job)
                 return
-            lost = list(helper.jobs) + [job]
+            lost = list(helper.jobs) + [job] + list(helper.backlog)
             self._drop(helper)
             for j in lost:
                 self._finish(j, OutputError(f"{j.what}: cannot reach a helper process: {exc.strerror}"))
             return
         helper.jobs.append(job)
-        helper.load += int(job.request["size"])
 
     # ----- the parent's side of the conversation ------------------------------------
     def pump(self, wait: bool = True) -> None:
@@ -253,6 +271,9 @@ class Workers:
         already there); apply what it said."""
         if self._held:
             self.release()  # (a wait before release would otherwise never end)
+        for h in list(self._helpers):
+            if h.backlog and len(h.jobs) < _IN_FLIGHT:
+                self._feed(h)
         # a helper whose parsed entries already wait unread is not listened to: it then
         # blocks on its socket instead of this process buffering a whole layer
         busy = [h for h in self._helpers if h.jobs and h.jobs[0].queued < _QUEUE_LIMIT]
@@ -304,10 +325,12 @@ class Workers:
                 h.jobs.popleft()
                 h.load -= int(job.request["size"])
                 self._finish(job, error_from_wire(json.loads(payload), RuntimeError) if kind == b"E" else None)
+        if h.backlog:
+            self._feed(h)
 
     def _lose(self, h: _Helper, status: int, also: Optional[Job] = None) -> None:
         """``h`` ended (``status``, reaped): every job it held fails with how it ended."""
-        lost = list(h.jobs) + ([also] if also is not None else [])
+        lost = list(h.jobs) + ([also] if also is not None else []) + list(h.backlog)
         self._drop(h, reaped=True)
         for job in lost:
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
@@ -332,8 +355,13 @@ class Workers:
             self._finish(job, None)
             return
         for h in self._helpers:
+            if job in h.backlog:  # (not sent yet: nothing to stop)
+                h.backlog.remove(job)
+                h.load -= int(job.request["size"])
+                self._finish(job, None)
+                return
             if job in h.jobs:
-                others = [j for j in h.jobs if j is not job]
+                others = [j for j in h.jobs if j is not job] + list(h.backlog)
                 self._drop(h)
                 self._finish(job, None)
                 for other in others:
@@ -382,7 +410,7 @@ class Workers:
 
     def idle(self) -> bool:
         """Whether every job submitted has been answered (a run that ended well)."""
-        return not self._held and not any(h.jobs for h in self._helpers)
+        return not self._held and not any(h.jobs or h.backlog for h in self._helpers)
 
     def leave(self, hold: list[int]) -> bool:
         """End the helpers of a process that itself ends right after (see
@@ -419,14 +447,14 @@ class Workers:
 
     def close(self) -> None:
         for h in self._helpers:
-            for job in h.jobs:
+            for job in (*h.jobs, *h.backlog):
                 job.cancelled = True
         for job in self._held or []:
             job.cancelled = True
             self._finish(job, None)
         self._held = None
         for h in list(self._helpers):
-            jobs = list(h.jobs)
+            jobs = list(h.jobs) + list(h.backlog)
             self._drop(h)
             for job in jobs:
                 self._finish(job, None)

@@ -341,6 +341,46 @@ def test_helpers_with_work_left_are_not_left_running(tmp_path: Path, ending_proc
         os.close(fd)
 
 
+def test_an_image_of_hundreds_of_compressed_layers_never_fills_the_helpers_job_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every job of a 200-layer image was sent at once: this process blocked in send()
+    on a full job socket while the helper blocked sending reports nobody read, and the
+    run hung (SIGTERM too).  A helper now has at most _IN_FLIGHT jobs sent; the rest
+    wait here.  Checked through the command (a hang becomes a failure there) and here,
+    with the tree and the tar complete."""
+    import subprocess
+    import sys
+
+    layers = [Layer([File(f"d{i:03d}/f", b"%d" % i * 50)] + ([Whiteout(f"d{i - 1:03d}/f")] if i % 2 else []),
+                    compression="gzip" if i % 3 else "zstd") for i in range(200)]
+    write_oci_layout(tmp_path / "layout", ImageSpec(layers=layers))
+    src = f"oci:{tmp_path / 'layout'}"
+    for args in (["-o", str(tmp_path / "cli")], ["--flatten", str(tmp_path / "cli.tar")]):
+        done = subprocess.run([sys.executable, "-m", "converter", "convert", src, "-q", *args],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    most = [0]
+    original = workers.Workers._transmit
+
+    def counting(self: workers.Workers, job: workers.Job, helper: workers._Helper) -> None:
+        original(self, job, helper)
+        most[0] = max(most[0], len(helper.jobs))
+
+    monkeypatch.setattr(workers.Workers, "_transmit", counting)
+    convert(src, tmp_path / "out")
+    assert 1 < most[0] <= workers._IN_FLIGHT
+    kept = sorted(p.parent.name for p in (tmp_path / "out").glob("d*/f"))
+    assert kept == [f"d{i:03d}" for i in range(200) if i % 2 or i == 199]
+    assert list_directory(tmp_path / "out") == list_directory(tmp_path / "cli")
+    assert _sha(tmp_path / "cli.tar") == _sha(_flatten(src, tmp_path / "lib.tar"))
+
+
+def _flatten(src: str, out: Path) -> Path:
+    convert(src, out, flatten=True)
+    return out
+
+
 def test_a_parse_error_found_by_a_helper_comes_after_the_entries_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The helper parses ahead; its error must surface with the same message, at the
     entry where it happened, as when this process parses."""
