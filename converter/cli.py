@@ -453,8 +453,7 @@ def main() -> None:
             code = code or 141
         except OSError:  # (a full device: what could not be written has been reported, or cannot be)
             code = code or 8
-    forking.reap_left()
-    os._exit(code)
+    forking.end_process(code)
 
 
 def _run_app() -> Any:

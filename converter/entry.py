@@ -10,6 +10,12 @@ import sys
 
 def main() -> None:
     gc.disable()  # (first: see converter.cli.main)
+    import signal
+
+    # An ignored SIGCHLD, inherited from whoever started us, would have the kernel reap
+    # our helpers and writers itself, and waiting for them would fail
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     from . import prestart
 
     try:
@@ -19,11 +25,9 @@ def main() -> None:
         run()  # (never returns: it ends the process, after closing what a head start opened)
     except KeyboardInterrupt:  # (SIGTERM too, while a head start is pending: see prestart)
         prestart.discard(leaving=True)
-        code = interrupted()
-        from .forking import reap_left
+        from .forking import end_process
 
-        reap_left()
-        os._exit(code)
+        end_process(interrupted())
 
 
 def interrupted() -> int:

@@ -23,28 +23,42 @@ from . import errors
 CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
 
 #: set by the command's entry point (:func:`converter.cli.main`), whose process ends as
-#: soon as the command has: idle helpers are then left to end with it instead of being
-#: stopped and waited for (see :meth:`converter.workers.Workers.leave`).  Never set for a
-#: library caller, who must get its children back.
+#: soon as the command has: idle helpers are then told to exit and reaped as it ends,
+#: instead of being stopped and waited for at once (see
+#: :meth:`converter.workers.Workers.leave`).  Never set for a library caller.
 PROCESS_ENDS = False
 
-#: helpers left to end on their own (see Workers.leave), reaped by :func:`reap_left`
+#: helpers told to exit (see Workers.leave), reaped by :func:`reap_left`
 _LEFT: list[int] = []
+#: what :func:`reap_left` closes once they are reaped: this process's copies of the big
+#: inflated files a helper holds, then that helper's socket (it then exits, last)
+_LAST: list[Callable[[], None]] = []
 
 
 def leave_to_reap(pid: int) -> None:
     _LEFT.append(pid)
 
 
+def close_last(close: Callable[[], None]) -> None:
+    _LAST.append(close)
+
+
 def reap_left(timeout: float = 2.0) -> None:
-    """Reap the helpers left to end on their own, as the process ends (they have been
-    told to exit and mostly have by now).  Left unreaped, each would become a zombie of
-    PID 1 once this process exits, and an init that never reaps (a Python harness or
-    ``sleep infinity`` as a container's PID 1) would collect two a run, until the
-    container's pid limit stops it.  One still running after ``timeout`` is killed."""
+    """Reap the helpers told to exit, as the process ends (most have by now), then let
+    go of the inflated files the remaining helper frees after this process has gone.
+
+    Left unreaped, each helper would become a zombie of PID 1 once this process exits,
+    and an init that never reaps (a Python harness or ``sleep infinity`` as a
+    container's PID 1) would collect two a run until the container's pid limit.  The
+    order matters: helpers were forked holding copies of the inflated files, and
+    whoever drops the last reference frees them (70 ms for 600 MB): the ones reaped
+    here drop theirs while this process still holds its own, and the holder is told
+    to exit only once this process has closed its copies.  A helper still running
+    after ``timeout`` is killed."""
     import time
 
     deadline = time.monotonic() + timeout
+    pause = 0.0002
     while _LEFT:
         pid = _LEFT[0]
         try:
@@ -61,7 +75,25 @@ def reap_left(timeout: float = 2.0) -> None:
         if done:
             _LEFT.pop(0)
         else:
-            time.sleep(0.0002)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+    while _LAST:
+        try:
+            _LAST.pop(0)()
+        except OSError:
+            pass
+
+
+def end_process(code: int) -> None:
+    """Leave with ``code`` after reaping the helpers (see reap_left).  The outcome is
+    decided: an interrupt now must not turn a finished run into a failure or leave the
+    helpers unreaped, so SIGINT, SIGTERM and SIGHUP wait (and die with the process)."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    except (AttributeError, OSError, ValueError):
+        pass
+    reap_left()
+    os._exit(code)
 
 
 def die_with_parent() -> None:  # pragma: no cover - child only

@@ -60,8 +60,10 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
             return
         request, fds = got
         if request["op"] == "hold":
-            # files the parent has let go of (see Workers.leave): they are freed when
-            # this process ends, after the parent has hung up
+            # files the parent lets go of (see Workers.leave): freed when this process
+            # ends, after the parent has hung up; it may outlive the parent, so it holds
+            # nothing else of the parent's (a pipe read to its end would wait for it)
+            _close_all_but([sock.fileno(), *fds])
             continue
         counters = [0, 0]
         try:
@@ -84,6 +86,14 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _close_all_but(keep: list[int]) -> None:  # pragma: no cover - runs in the helper
+    low = 0
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def _lower_priority() -> bool:  # pragma: no cover - runs in the helper

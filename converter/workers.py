@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import IntegrityError, OutputError
-from .forking import CAN_FORK, error_from_wire, fork_frozen, leave_to_reap
+from .forking import CAN_FORK, close_last, error_from_wire, fork_frozen, leave_to_reap
 from .hashing import HashThread
 from .helper import REC, serve
 from .image import FileRegion
@@ -419,14 +419,15 @@ class Workers:
         Stopping and reaping two helpers took 3.5 ms at the end of every run, and freeing
         big inflated files in a double-forked orphan (see
         :func:`~converter.inflate.release_files`) 4.3 ms more: time when only this
-        process works.  Instead this process hangs up and each helper, seeing the end of
+        process works.  Instead this process hangs up, and each helper, seeing the end of
         its job socket, exits on its own (PR_SET_PDEATHSIG besides) while the command
         finishes; :func:`~converter.forking.reap_left` reaps them as the process ends.
-        ``hold`` (big inflated files) goes to the first helper first, and this process
-        closes its own copies: that helper drops the last references as it exits, and,
-        like the orphan it replaces, is not waited for.  True when done (``hold`` is then
-        closed); False, with nothing changed, while a helper still has work (the run
-        failed: :meth:`close` stops them) or the files cannot be handed over."""
+        ``hold`` (big inflated files) goes to the first helper, which is told to exit
+        only after the others are reaped and this process has closed its copies of
+        ``hold`` (both in reap_left): it drops the last references as it exits and, like
+        the orphan it replaces, is not waited for.  True when done; False, with nothing
+        changed, while a helper still has work (the run failed: :meth:`close` stops
+        them) or the files cannot be handed over."""
         helpers = self._helpers
         if not helpers or not self.idle() or len(hold) > _MAX_FDS:
             return False
@@ -435,12 +436,15 @@ class Workers:
                 socket.send_fds(helpers[0].sock, [b'{"op": "hold"}'], hold)
             except OSError:
                 return False
-        for fd in hold:
-            close_quietly(fd)
         for h in helpers:
-            h.sock.close()
             h.reports.close()
-            if not (hold and h is helpers[0]):
+            if hold and h is helpers[0]:
+                # (see reap_left for the order: our copies go first, then the holder)
+                kept = list(hold)
+                close_last(lambda: [close_quietly(fd) for fd in kept])
+                close_last(h.sock.close)
+            else:
+                h.sock.close()
                 leave_to_reap(h.pid)
         self._helpers = []
         return True

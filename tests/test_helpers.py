@@ -223,6 +223,7 @@ def ending_process(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     left: list[int] = []
     monkeypatch.setattr(forking, "PROCESS_ENDS", True)
     monkeypatch.setattr(forking, "_LEFT", left)
+    monkeypatch.setattr(forking, "_LAST", [])
     return left
 
 
@@ -247,15 +248,30 @@ def test_a_process_that_ends_after_the_run_hands_big_inflated_files_to_a_helper_
     kids_before = child_processes()
     convert(src, tmp_path / "out")
     assert list_directory(tmp_path / "out") == list_directory(tmp_path / "library")
-    leaked = set(os.listdir("/proc/self/fd")) - fds_before
-    assert not [fd for fd in leaked if "rootfs-layer" in os.readlink(f"/proc/self/fd/{fd}")]
     assert not orphans, "the files went to an orphan, not to a helper"
     helpers = child_processes() - kids_before
     assert len(helpers) == workers.SIZE and len(ending_process) == workers.SIZE - 1
     holder = helpers - set(ending_process)
+    (pid,) = holder
+    held = _inflated_files(pid, tmp_path)
+    assert held and held <= _inflated_files(os.getpid(), tmp_path)  # (ours go last: see reap_left)
     forking.reap_left()
     assert not ending_process and child_processes() - kids_before <= holder
+    assert not _inflated_files(os.getpid(), tmp_path), "this process still holds inflated files"
     assert _exited_cleanly(_wait_for_children(holder))
+
+
+def _inflated_files(pid: int, where: Path) -> set[str]:
+    """The unnamed temporary files (inflated layers) process ``pid`` holds in ``where``."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{where}/#") or "rootfs-layer" in target:
+            found.add(target)
+    return found
 
 
 def test_small_inflated_files_are_freed_here_and_every_helper_is_reaped_as_the_process_ends(
@@ -290,6 +306,86 @@ def test_the_command_returns_a_complete_output_and_leaves_no_process_behind(tmp_
     assert list_directory(tmp_path / "out") == list_directory(tmp_path / "library")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "library", "out"]
     assert not live_group_members(proc.pid, zombies=True)
+
+
+def test_an_interrupt_while_the_helpers_are_reaped_does_not_undo_a_finished_run() -> None:
+    """Once the outcome is decided, SIGTERM, SIGINT or SIGHUP during the last wait for
+    the helpers neither changes the exit status nor leaves a child unreaped."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys, time\n"
+        "from converter import forking\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(1.0)\n"
+        "    os._exit(0)\n"
+        "forking.leave_to_reap(pid)\n"
+        "print(pid, flush=True)\n"
+        "forking.end_process(3)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(proc.pid, sig)
+    assert proc.wait(timeout=60) == 3
+    assert not live_group_members(proc.pid, zombies=True), f"{child} left behind"
+
+
+def test_the_helper_left_freeing_big_files_holds_nothing_else(tmp_path: Path, ending_process: list[int]) -> None:
+    """The helper that frees big inflated files after the command has returned holds
+    only them and its socket: not the caller's standard streams nor any pipe, which a
+    caller reading the command's output to its end (``$(rootfs ...)``) would wait on.
+    It exits once this process has let go of its own copies (reap_left)."""
+    from converter import forking
+    from converter.image import FileRegion
+    from converter.inflate import anonymous_file
+
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 4096)
+    src = os.open(data, os.O_RDONLY)
+    held = anonymous_file(str(tmp_path))
+    os.write(held, b"y" * 10000)
+    kids_before = child_processes()
+    pool = workers.Workers()
+    try:
+        pool.hash(FileRegion(src, 0, 4096), [(None, None, "data")], what="data").wait_done()
+        holder = pool._helpers[0].pid
+        assert pool.leave([held])
+        deadline = time.monotonic() + 60
+        while True:  # (until it has taken the files in)
+            targets = sorted(os.readlink(f"/proc/{holder}/fd/{fd}") for fd in os.listdir(f"/proc/{holder}/fd"))
+            if any(t.startswith(f"{tmp_path}/#") for t in targets) and len(targets) == 2:
+                break
+            assert time.monotonic() < deadline, targets
+            time.sleep(0.01)
+        assert targets[0].startswith("socket:") or targets[1].startswith("socket:"), targets
+        forking.reap_left()
+        assert _exited_cleanly(_wait_for_children(child_processes() - kids_before))
+        with pytest.raises(OSError):
+            os.fstat(held)  # (this process's copy was closed by reap_left)
+    finally:
+        pool.close()
+        os.close(src)
+
+
+def test_the_command_works_when_started_with_sigchld_ignored(tmp_path: Path) -> None:
+    """A parent that ignores SIGCHLD passes that on: the kernel would then reap the
+    writers itself and waiting for them failed (exit 70).  The command restores it."""
+    import subprocess
+    import sys
+
+    src = _source(tmp_path, "gzip")
+    convert(src, tmp_path / "library")
+    script = ("import signal, subprocess, sys\n"
+              "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+              "sys.exit(subprocess.call(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "converter", "convert", src, "-q",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list_directory(tmp_path / "out") == list_directory(tmp_path / "library")
 
 
 def test_a_failed_run_stops_and_reaps_its_helpers_even_when_the_process_ends_after_it(
