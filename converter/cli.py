@@ -76,7 +76,8 @@ def fail(exc: BaseException) -> NoReturn:
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body: SIGTERM behaves like Ctrl-C so cleanup code runs.  Once a result
+    """Run a command body: SIGTERM and SIGHUP (a closed terminal or ssh session) behave like
+    Ctrl-C so cleanup code runs.  Once a result
     has been put in place, both are ignored: the run finishes its cleanup and reports the
     result (an interrupt then could only leave temporary files behind and claim,
     wrongly, that the destination was left as it was)."""
@@ -89,6 +90,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     atomic.COMMITTED = False
     old = signal.signal(signal.SIGTERM, on_signal)
     old_int = signal.signal(signal.SIGINT, on_signal)
+    old_hup = signal.signal(signal.SIGHUP, on_signal)
     try:
         return fn()
     except (SystemExit, typer.Exit):
@@ -103,6 +105,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     finally:
         signal.signal(signal.SIGTERM, old)
         signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGHUP, old_hup)
 
 
 def _from_environment(ctx: typer.Context, name: str) -> bool:

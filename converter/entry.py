@@ -23,7 +23,7 @@ def main() -> None:
         from .cli import main as run
 
         run()  # (never returns: it ends the process, after closing what a head start opened)
-    except KeyboardInterrupt:  # (SIGTERM too, while a head start is pending: see prestart)
+    except KeyboardInterrupt:  # (SIGTERM and SIGHUP too, while a head start is pending: see prestart)
         prestart.discard(leaving=True)
         from .forking import end_process
 

@@ -87,7 +87,7 @@ class RegistryError(ConverterError):
 
 
 class Interrupted(ConverterError):
-    """SIGINT or SIGTERM arrived; the destination was left as it was."""
+    """SIGINT, SIGTERM or SIGHUP arrived; the destination was left as it was."""
 
     exit_code = 130
     kind = "interrupted"
@@ -109,5 +109,5 @@ EXIT_CODES: dict[int, str] = {
     8: "output error: destination not empty (use --force), I/O error, no space",
     9: "registry error: authentication, HTTP or network failure",
     70: "internal error (a bug: please report it with --debug output)",
-    130: "interrupted (SIGINT/SIGTERM); the destination is untouched",
+    130: "interrupted (SIGINT/SIGTERM/SIGHUP); the destination is untouched",
 }

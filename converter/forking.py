@@ -181,7 +181,7 @@ def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: boo
     the error that stopped it, through a pipe; return ``(pid, read end)`` for
     :func:`collect_report`.  The child dies with this process, never runs the cyclic GC
     over the inherited heap (that would copy every page of it), and with
-    ``ignore_interrupts`` leaves Ctrl-C and SIGTERM to this process."""
+    ``ignore_interrupts`` leaves Ctrl-C, SIGTERM and SIGHUP to this process."""
     r, w = os.pipe()
     pid = fork_frozen(undo=lambda: (os.close(r), os.close(w)))
     if pid == 0:  # pragma: no cover - the child; everything goes through the pipe
@@ -193,6 +193,7 @@ def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: boo
             if ignore_interrupts:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             try:
                 report = {"result": work()}
                 code = 0

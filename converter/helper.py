@@ -49,6 +49,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
     keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     gc.disable()
     # A helper gets what the merge waits for first and the hashing after (see
     # Workers.release); the hashing is only needed before the result is committed, so it

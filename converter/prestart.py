@@ -32,7 +32,7 @@ _VALUED = {"-o": "output", "--output": "output", "--flatten": "flatten", "--repo
 #: variables that set options which do change it (the guess is then not made)
 _ENVIRONMENT = ("ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_MAX_RATIO", "ROOTFS_MAX_SIZE", "ROOTFS_MAX_ENTRIES",
                 "ROOTFS_WRITERS")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Key(NamedTuple):

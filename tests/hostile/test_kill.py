@@ -1,7 +1,7 @@
 """Atomic under interruption (issue 4, point 3).
 
 A large generated image (30k files, ~200 MB, one layer in place and one gzip layer that is
-spooled) is converted by the CLI in a subprocess, and SIGINT, SIGTERM or SIGKILL arrives
+spooled) is converted by the CLI in a subprocess, and SIGINT, SIGTERM, SIGHUP or SIGKILL arrives
 at a chosen moment: right after start, during the merge (the process has the image open
 but no partial output exists yet), or while writing (the partial directory has entries,
 the partial tar has grown past a few MB).  The moments are found by polling the process
@@ -9,7 +9,7 @@ and the destination's directory, never by timing.
 
 Afterwards the destination is absent, or exactly its previous content (``OUT`` is
 pre-populated by an earlier small conversion for half the runs, replaced with
-``--force``).  After SIGINT/SIGTERM the exit code is 130 with one line on stderr and no
+``--force``).  After SIGINT/SIGTERM/SIGHUP the exit code is 130 with one line on stderr and no
 ``OUT.partial-*`` or ``OUT.staging-*`` is left; after SIGKILL they may remain, and the
 next run for the same destination must succeed and remove them.
 """
@@ -169,6 +169,9 @@ KILLS = [
     Kill(signal.SIGINT, "writing", False, group=True),
     Kill(signal.SIGTERM, "writing", True, group=True),
     Kill(signal.SIGKILL, "writing", False, group=True),
+    # a closed terminal or ssh session: SIGHUP to the whole group
+    Kill(signal.SIGHUP, "merge", False, group=True),
+    Kill(signal.SIGHUP, "writing", True, group=True),
 ]
 
 
