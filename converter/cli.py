@@ -17,6 +17,7 @@ from typing import Any, Callable, List, NoReturn, Optional
 import typer
 
 from . import __version__
+from .forking import INTERRUPTS
 
 app = typer.Typer(
     name="rootfs",
@@ -88,9 +89,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
             raise KeyboardInterrupt
 
     atomic.COMMITTED = False
-    old = signal.signal(signal.SIGTERM, on_signal)
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_hup = signal.signal(signal.SIGHUP, on_signal)
+    previous = {signum: signal.signal(signum, on_signal) for signum in INTERRUPTS}
     try:
         return fn()
     except (SystemExit, typer.Exit):
@@ -103,9 +102,8 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except BaseException as exc:  # noqa: BLE001 - everything becomes one line + exit code
         fail(exc)
     finally:
-        signal.signal(signal.SIGTERM, old)
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGHUP, old_hup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _from_environment(ctx: typer.Context, name: str) -> bool:

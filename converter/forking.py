@@ -22,6 +22,10 @@ from . import errors
 #: debugging and for platforms without fork).
 CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
 
+#: the signals that interrupt a run (a closed terminal or ssh session sends SIGHUP): the
+#: command cleans up and exits 130; forked helpers and writers leave them to it
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 #: set by the command's entry point (:func:`converter.cli.main`), whose process ends as
 #: soon as the command has: idle helpers are then told to exit and reaped as it ends,
 #: instead of being stopped and waited for at once (see
@@ -89,11 +93,27 @@ def end_process(code: int) -> None:
     decided: an interrupt now must not turn a finished run into a failure or leave the
     helpers unreaped, so SIGINT, SIGTERM and SIGHUP wait (and die with the process)."""
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(INTERRUPTS))
     except (AttributeError, OSError, ValueError):
         pass
     reap_left()
     os._exit(code)
+
+
+def leave_interrupts_to_parent() -> None:  # pragma: no cover - child only
+    """In a forked child: leave the interrupts to the parent, whose cleanup stops it."""
+    for signum in INTERRUPTS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def close_all_but(keep: list[int]) -> None:  # pragma: no cover - child only
+    """In a forked child that may outlive the parent: close every descriptor but ``keep``
+    (one left holding a pipe would make its reader wait for the child)."""
+    low = 0
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def die_with_parent() -> None:  # pragma: no cover - child only
@@ -191,9 +211,7 @@ def fork_reporting(work: Callable[[], dict[str, Any]], *, ignore_interrupts: boo
             gc.disable()
             die_with_parent()
             if ignore_interrupts:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                leave_interrupts_to_parent()
             try:
                 report = {"result": work()}
                 code = 0

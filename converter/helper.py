@@ -18,7 +18,6 @@ import json
 import operator
 import os
 import pickle
-import signal
 import socket
 import stat
 import struct
@@ -26,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from .digest import Expectation
 from .errors import ConverterError, IntegrityError, OutputError
-from .forking import die_with_parent, error_to_wire, keep_freed_memory
+from .forking import close_all_but, die_with_parent, error_to_wire, keep_freed_memory, leave_interrupts_to_parent
 from .hashing import hash_region
 from .image import FileRegion
 from .inflate import InflatedStream, InflateSpec, inflate_layer, pwrite_all
@@ -47,9 +46,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
     faulthandler.disable()
     die_with_parent()
     keep_freed_memory()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    leave_interrupts_to_parent()
     gc.disable()
     # A helper gets what the merge waits for first and the hashing after (see
     # Workers.release); the hashing is only needed before the result is committed, so it
@@ -64,7 +61,7 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
             # files the parent lets go of (see Workers.leave): freed when this process
             # ends, after the parent has hung up; it may outlive the parent, so it holds
             # nothing else of the parent's (a pipe read to its end would wait for it)
-            _close_all_but([sock.fileno(), *fds])
+            close_all_but([sock.fileno(), *fds])
             continue
         counters = [0, 0]
         try:
@@ -87,14 +84,6 @@ def serve(sock: socket.socket, reports: socket.socket) -> None:  # pragma: no co
         finally:
             for fd in fds:
                 os.close(fd)
-
-
-def _close_all_but(keep: list[int]) -> None:  # pragma: no cover - runs in the helper
-    low = 0
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 16)
 
 
 def _lower_priority() -> bool:  # pragma: no cover - runs in the helper

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional, Protocol
 from . import compression
 from .digest import Expectation
 from .errors import ConverterError, InputError, IntegrityError, LimitError, OutputError
-from .forking import CAN_FORK, fork_frozen
+from .forking import CAN_FORK, close_all_but, fork_frozen
 
 _CHUNK = 1 << 20
 
@@ -291,12 +291,7 @@ def _free_in_orphan(fds: list[int]) -> int:
     if pid == 0:  # pragma: no cover - runs in the short-lived child
         try:
             if os.fork() == 0:
-                keep = sorted([*fds, r])
-                low = 0
-                for fd in keep:
-                    os.closerange(low, fd)
-                    low = fd + 1
-                os.closerange(low, 1 << 16)
+                close_all_but([*fds, r])
                 os.read(r, 1)  # end of file: every other holder has let go
                 for fd in fds:
                     close_quietly(fd)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from . import forking
 from .image import Layer
-from .inflate import Inflation, release_files, worth_detaching
+from .inflate import Inflation, close_quietly, release_files, worth_detaching
 from .layerstream import LayerReading, Limits
 from .staging import Staging
 from .workers import Workers
@@ -86,7 +86,8 @@ class Opening:
             hold = [fd for fd in fds if fd >= 0] if worth_detaching(fds) else []
             if self.pool.leave(hold):
                 if not hold:
-                    release_files(fds)  # (small: freed here at once)
+                    for fd in fds:  # (small: freed here at once)
+                        close_quietly(fd)
                 return
             _quietly(self.pool.close)
             release_files(fds)

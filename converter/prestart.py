@@ -25,6 +25,8 @@ import stat
 import threading
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+from .forking import INTERRUPTS
+
 #: options of ``convert`` that change nothing about opening the image and its layers
 _FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--no-verify"})
 #: options that take a value: what the value is
@@ -32,7 +34,6 @@ _VALUED = {"-o": "output", "--output": "output", "--flatten": "flatten", "--repo
 #: variables that set options which do change it (the guess is then not made)
 _ENVIRONMENT = ("ROOTFS_REF", "ROOTFS_PLATFORM", "ROOTFS_MAX_RATIO", "ROOTFS_MAX_SIZE", "ROOTFS_MAX_ENTRIES",
                 "ROOTFS_WRITERS")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Key(NamedTuple):
@@ -115,7 +116,7 @@ def start(args: list[str]) -> None:
         return
     if key is None:
         return
-    previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+    previous = {signum: signal.signal(signum, _on_signal) for signum in INTERRUPTS}
     _starting = True
     try:
         _early = _open(key)
@@ -224,7 +225,7 @@ def discard(*, leaving: bool = False) -> None:
     caught: list[int] = []
     swap = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-                for signum in _SIGNALS} if swap else {}
+                for signum in INTERRUPTS} if swap else {}
     try:
         while _held:
             close = _held.pop()

@@ -120,6 +120,10 @@ class _Helper:
         self.load = 0  # stored bytes of the jobs it has not finished
         self.buf = bytearray()
 
+    def held(self) -> list[Job]:
+        """Every job it has and has not finished, in order: sent or not."""
+        return [*self.jobs, *self.backlog]
+
 
 class Workers:
     """The helpers of one conversion.  ``hash`` and ``inflate`` return objects with
@@ -258,7 +262,7 @@ class Workers:
                 _, status = os.waitpid(helper.pid, 0)
                 self._lose(helper, status, also=job)
                 return
-            lost = list(helper.jobs) + [job] + list(helper.backlog)
+            lost = helper.held() + [job]
             self._drop(helper)
             for j in lost:
                 self._finish(j, OutputError(f"{j.what}: cannot reach a helper process: {exc.strerror}"))
@@ -272,8 +276,7 @@ class Workers:
         if self._held:
             self.release()  # (a wait before release would otherwise never end)
         for h in list(self._helpers):
-            if h.backlog and len(h.jobs) < _IN_FLIGHT:
-                self._feed(h)
+            self._feed(h)
         # a helper whose parsed entries already wait unread is not listened to: it then
         # blocks on its socket instead of this process buffering a whole layer
         busy = [h for h in self._helpers if h.jobs and h.jobs[0].queued < _QUEUE_LIMIT]
@@ -325,12 +328,10 @@ class Workers:
                 h.jobs.popleft()
                 h.load -= int(job.request["size"])
                 self._finish(job, error_from_wire(json.loads(payload), RuntimeError) if kind == b"E" else None)
-        if h.backlog:
-            self._feed(h)
 
     def _lose(self, h: _Helper, status: int, also: Optional[Job] = None) -> None:
         """``h`` ended (``status``, reaped): every job it held fails with how it ended."""
-        lost = list(h.jobs) + ([also] if also is not None else []) + list(h.backlog)
+        lost = h.held() + ([also] if also is not None else [])
         self._drop(h, reaped=True)
         for job in lost:
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
@@ -361,7 +362,7 @@ class Workers:
                 self._finish(job, None)
                 return
             if job in h.jobs:
-                others = [j for j in h.jobs if j is not job] + list(h.backlog)
+                others = [j for j in h.held() if j is not job]
                 self._drop(h)
                 self._finish(job, None)
                 for other in others:
@@ -410,7 +411,7 @@ class Workers:
 
     def idle(self) -> bool:
         """Whether every job submitted has been answered (a run that ended well)."""
-        return not self._held and not any(h.jobs or h.backlog for h in self._helpers)
+        return not self._held and not any(h.held() for h in self._helpers)
 
     def leave(self, hold: list[int]) -> bool:
         """End the helpers of a process that itself ends right after (see
@@ -451,14 +452,14 @@ class Workers:
 
     def close(self) -> None:
         for h in self._helpers:
-            for job in (*h.jobs, *h.backlog):
+            for job in h.held():
                 job.cancelled = True
         for job in self._held or []:
             job.cancelled = True
             self._finish(job, None)
         self._held = None
         for h in list(self._helpers):
-            jobs = list(h.jobs) + list(h.backlog)
+            jobs = h.held()
             self._drop(h)
             for job in jobs:
                 self._finish(job, None)
