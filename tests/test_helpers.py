@@ -17,6 +17,7 @@ from converter import convert, workers
 from proctools import child_processes, live_group_members
 from converter.errors import ConverterError, IntegrityError, OutputError
 from converter.listing import list_directory
+from converter.sinks import directory as directory_sink
 from converter.sinks import tar as tar_sink
 from converter.testing.imagegen import (
     Dir,
@@ -249,9 +250,12 @@ def test_a_process_that_ends_after_the_run_hands_big_inflated_files_to_a_helper_
     convert(src, tmp_path / "out")
     assert list_directory(tmp_path / "out") == list_directory(tmp_path / "library")
     assert not orphans, "the files went to an orphan, not to a helper"
-    helpers = child_processes() - kids_before
-    assert len(helpers) == workers.SIZE and len(ending_process) == workers.SIZE - 1
-    holder = helpers - set(ending_process)
+    kids = child_processes() - kids_before
+    # left to reap: every helper but the holder, and the forked writers, which reported
+    # and exit on their own
+    writers = directory_sink._WORKERS - 1
+    assert len(kids) == workers.SIZE + writers and len(ending_process) == workers.SIZE - 1 + writers
+    holder = kids - set(ending_process)
     (pid,) = holder
     held = _inflated_files(pid, tmp_path)
     assert held and held <= _inflated_files(os.getpid(), tmp_path)  # (ours go last: see reap_left)
@@ -259,6 +263,31 @@ def test_a_process_that_ends_after_the_run_hands_big_inflated_files_to_a_helper_
     assert not ending_process and child_processes() - kids_before <= holder
     assert not _inflated_files(os.getpid(), tmp_path), "this process still holds inflated files"
     assert _exited_cleanly(_wait_for_children(holder))
+
+
+def test_a_forked_writer_that_reported_is_left_to_reap_and_one_that_failed_is_waited_for(
+    ending_process: list[int],
+) -> None:
+    """In a process that ends with the run, a forked writer's result is taken as soon as
+    its report ends (it closes the pipe before exiting) and the writer is reaped at the
+    end; a writer that failed is waited for at once, its error raised here."""
+    from converter import forking
+
+    pid, r = forking.fork_reporting(lambda: {"files": 3})
+    assert forking.collect_report(pid, r, failed="writer failed") == {"files": 3}
+    assert ending_process == [pid]
+
+    def fail() -> dict:
+        raise OutputError("output x: cannot create: No space left on device")
+
+    bad, r = forking.fork_reporting(fail)
+    with pytest.raises(OutputError, match="No space left"):
+        forking.collect_report(bad, r, failed="writer failed")
+    assert ending_process == [pid]
+    with pytest.raises(ChildProcessError):
+        os.waitpid(bad, os.WNOHANG)  # (reaped already)
+    forking.reap_left()
+    assert not ending_process and pid not in child_processes()
 
 
 def _inflated_files(pid: int, where: Path) -> set[str]:
@@ -285,7 +314,7 @@ def test_small_inflated_files_are_freed_here_and_every_helper_is_reaped_as_the_p
     kids_before = child_processes()
     convert(_source(tmp_path, "zstd"), tmp_path / "out")
     assert (tmp_path / "out" / "big3").read_bytes() == BIG + b"x"
-    assert len(ending_process) == workers.SIZE
+    assert len(ending_process) == workers.SIZE + directory_sink._WORKERS - 1  # (helpers, forked writers)
     forking.reap_left()
     assert not ending_process and not child_processes() - kids_before
 
@@ -543,6 +572,68 @@ def test_directory_times_and_modes_are_final_when_writers_finish_their_own_direc
         st = os.stat(out / rel)
         assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(mode), mtime), rel
     assert os.stat(out / "links" / "h").st_ino == os.stat(out / "top/only-dirs/d0/f0001").st_ino
+
+
+@pytest.mark.parametrize("privileged", [True, False], ids=["privileged", "rootless"])
+def test_hard_links_made_by_each_forked_writer_after_its_chunk_name_their_first_names_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, privileged: bool
+) -> None:
+    """The forked writers share the files out in many chunks and each makes the hard
+    links whose first name its chunk wrote, into directories anywhere in the tree (before
+    and after the first name's, its own, one holding only links).  Every link must name
+    its first name's inode, with the right link count, and the directories that links go
+    into keep the image's mode and mtime: the same tree as the threads' writers make."""
+    entries: list = []
+    for d in range(12):
+        entries.append(Dir(f"d{d:02d}/", mode=0o755, mtime=4000 + d))
+        entries += [File(f"d{d:02d}/f{i:03d}", b"%d-%d" % (d, i) * (i % 7 + 1), mtime=7) for i in range(400)]
+    entries.append(Dir("only-links/", mode=0o750, mtime=3000))
+    links: dict[str, str] = {}
+    for k in range(90):
+        head = f"d{(k * 7 + 3) % 12:02d}/f{k * 3 % 400:03d}"
+        name = f"only-links/l{k}" if k % 3 == 0 else f"d{(k * 5) % 12:02d}/l{k}"
+        entries.append(Hardlink(name, head))
+        links[name] = head
+    write_docker_archive(tmp_path / "img.tar", ImageSpec(layers=[Layer(entries)]))
+    convert(str(tmp_path / "img.tar"), tmp_path / "forked", privileged=privileged)
+    monkeypatch.setattr(workers, "CAN_FORK", False)
+    from converter.sinks import directory
+
+    monkeypatch.setattr(directory, "CAN_FORK", False)
+    convert(str(tmp_path / "img.tar"), tmp_path / "threads", privileged=privileged)
+    assert list_directory(tmp_path / "forked") == list_directory(tmp_path / "threads")
+    out = tmp_path / "forked"
+    counts: dict[str, int] = {}
+    for head in links.values():
+        counts[head] = counts.get(head, 1) + 1
+    for name, head in links.items():
+        st, first = os.lstat(out / name), os.lstat(out / head)
+        assert (st.st_ino, st.st_nlink) == (first.st_ino, counts[head]), name
+    for d in range(12):
+        st = os.stat(out / f"d{d:02d}")
+        assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(0o755), 4000 + d)
+    st = os.stat(out / "only-links")
+    assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(0o750), 3000)
+
+
+def test_writers_get_chunks_smaller_towards_the_end_covering_every_job_once_in_order() -> None:
+    """Guided chunks (see directory._chunks): contiguous runs in tree order, every job
+    exactly once, none bigger than a quarter of the whole for two writers, and the last
+    ones small, so that the writers finish close together."""
+    from converter.sinks.directory import _SMALLEST, _chunks
+
+    jobs = [((b"d%d" % i,), None, [b"f"]) for i in range(2000)]
+    costs = [1000 + (i * 7919) % 5000 for i in range(2000)]
+    chunks = _chunks(jobs, costs, 2)  # type: ignore[arg-type]
+    assert [job for chunk in chunks for job in chunk] == jobs
+    cost_of = {id(job): cost for job, cost in zip(jobs, costs)}
+    sizes = [sum(cost_of[id(job)] for job in chunk) for chunk in chunks]
+    total = sum(costs)
+    assert max(sizes) <= total // 4 + max(costs)
+    assert sizes[-2] <= total // _SMALLEST + max(costs)
+    assert 8 <= len(chunks) <= 40
+    assert sizes[0] > sizes[len(sizes) // 2] > sizes[-2]
+    assert _chunks([], [], 2) == []
 
 
 def test_entries_parsed_by_a_helper_are_the_entries_parsed_here_every_field(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from .. import acls
 from ..errors import LimitError, OutputError
@@ -36,6 +36,8 @@ from .atomic import begin_directory, commit, discard
 
 #: a writer's unit of work: a directory (its path and node) and names of its children
 Job = tuple[Parts, Node, list[bytes]]
+#: a hard link to make: the inode's key (``id`` of its node), its first name, the new name
+Link = tuple[int, Parts, Parts]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -167,17 +169,19 @@ class DirectoryWriter:
     # ----- driver -----------------------------------------------------------------------
     def write(self) -> None:
         """Directories first (one thread, parents before children), then every other inode
-        by a few threads (the work is syscalls, which run in parallel), then hard links,
-        then directory metadata deepest first."""
+        by a few writers (the work is syscalls, which run in parallel), then hard links
+        (forked writers make those of each chunk after it), then directory metadata
+        deepest first."""
         dirs: list[tuple[Parts, Node]] = []
         jobs: list[Job] = []
-        links: list[tuple[int, Parts, Parts]] = []
+        links: list[Link] = []
         heads: dict[int, Parts] = {}
+        head_jobs: dict[int, int] = {}  # the index in jobs of the job that creates each head
         result = self.result
         stack: list[tuple[Parts, Node]] = [((), self.plan.root)]
         mkdir = os.mkdir
         entries = need = moved = 0
-        costs: list[int] = []  # per job, for sharing them out (see _split)
+        costs: list[int] = []  # per job, for sharing them out (see _chunks)
         sizes: dict[int, int] = {}  # id(job): bytes of contents, for the progress shown
         while stack:
             dparts, d = stack.pop()
@@ -205,6 +209,7 @@ class DirectoryWriter:
                         links.append((key, head, dparts + (name,)))
                         continue
                     heads[key] = dparts + (name,)
+                    head_jobs[key] = len(jobs)  # (the job this batch becomes)
                 batch.append(name)
                 if kind == REG:
                     size = node.size if node.sparse is None else node.stored_size
@@ -230,20 +235,29 @@ class DirectoryWriter:
         progress = self.options.progress
         if progress is not None:
             progress("write-start", {"bytes": need, "entries": entries})
-        dirs = self._run_jobs(jobs, costs, sizes, dirs, links)  # the directories still to finish
-        for key, head, parts in links:
-            if key in self._skipped:
-                continue
-            try:
-                os.link(head[-1], parts[-1], src_dir_fd=self.fds.get(head[:-1]),
-                        dst_dir_fd=self.fds.get(parts[:-1]), follow_symlinks=False)
-            except OSError as exc:
-                raise _os_error(parts, exc, "link") from None
-            result.links += 1
+        # the directories and links still to finish
+        dirs, links = self._run_jobs(jobs, costs, sizes, dirs, links, head_jobs)
+        self._links(links, self.fds)
         self._finish_dirs(dirs, self.fds)
         self._dir_meta(self.root_fd, (), self.plan.root)
         if progress is not None:
             progress("write-done", {"bytes": need})
+
+    def _links(self, links: list[Link], fds: DirFds) -> None:
+        """Make the hard links ``links`` (their first names exist: this process wrote
+        them, or they were written before this call)."""
+        made = 0
+        for key, head, parts in links:
+            if key in self._skipped:
+                continue
+            try:
+                os.link(head[-1], parts[-1], src_dir_fd=fds.get(head[:-1]),
+                        dst_dir_fd=fds.get(parts[:-1]), follow_symlinks=False)
+            except OSError as exc:
+                raise _os_error(parts, exc, "link") from None
+            made += 1
+        with self._count_lock:
+            self.result.links += made
 
     def _finish_dirs(self, dirs: list[tuple[Parts, Node]], fds: DirFds) -> None:
         """Directory metadata, deepest first (a directory's mtime is final once nothing
@@ -266,16 +280,18 @@ class DirectoryWriter:
             raise OutputError(f"the image needs {new} bytes but only {self.free} are free at the destination")
 
     def _run_jobs(self, jobs: list[Job], costs: list[int], sizes: dict[int, int], dirs: list[tuple[Parts, Node]],
-                  links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
+                  links: list[Link], head_jobs: dict[int, int]) -> tuple[list[tuple[Parts, Node]], list[Link]]:
         """Write every inode of ``jobs``; return the directories whose metadata is still
-        to be set (the forked writers finish the ones only they wrote into).  ``sizes``:
-        bytes of contents per job (by ``id``), for the progress shown."""
+        to be set and the hard links still to make (the forked writers finish the
+        directories only they wrote into, and make the links whose first name they
+        wrote).  ``sizes``: bytes of contents per job (by ``id``), for the progress shown;
+        ``head_jobs``: the index of the job that writes each link's first name."""
         workers = min(_WORKERS, len(jobs))
         if workers <= 1:
             self._worker(self._reporting(jobs, sizes), self.fds)
-            return dirs
+            return dirs, links
         if CAN_FORK:
-            return self._run_jobs_forked(jobs, costs, sizes, workers, dirs, links)
+            return self._run_jobs_forked(jobs, costs, sizes, workers, dirs, links, head_jobs), []
         feed = self._reporting(jobs, sizes)
         lock = threading.Lock()
 
@@ -306,7 +322,7 @@ class DirectoryWriter:
             t.join()
         if errors:
             raise errors[0]
-        return dirs
+        return dirs, links
 
     def _reporting(self, jobs: list[Job], sizes: dict[int, int]) -> Iterator[Job]:
         """``jobs``, reporting the bytes of contents handed out before each one (one
@@ -320,26 +336,34 @@ class DirectoryWriter:
             yield job
 
     def _run_jobs_forked(self, jobs: list[Job], costs: list[int], sizes: dict[int, int], workers: int,
-                         dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]) -> list[tuple[Parts, Node]]:
+                         dirs: list[tuple[Parts, Node]], links: list[Link],
+                         head_jobs: dict[int, int]) -> list[tuple[Parts, Node]]:
         """Writing inodes is syscalls plus Python bookkeeping; threads share one GIL, so
         the work is done by forked processes that inherit the plan (copy-on-write) and the
         directory fds.  Each child reports counts, warnings and inodes it could not create
         through a pipe, or the one error that stopped it.
 
-        The jobs are cut into contiguous chunks of about equal cost, and each writer takes
-        the next chunk number from a shared pipe until none is left: a fixed share each
-        left one writer idle for 40 ms when the other shared its core with a helper still
-        hashing.  With privileges, a writer also finishes the directories only its chunk
-        wrote into (nothing else is created in them afterwards; subdirectories' metadata
-        does not touch their mtime), instead of leaving all of them to one process at the
-        end."""
-        chunks = [c for c in _split(jobs, costs, workers * _CHUNKS) if c]
+        The jobs are cut into contiguous chunks (see :func:`_chunks`), and each writer
+        takes the next chunk number from a shared pipe until none is left: a fixed share
+        each left one writer idle for 40 ms when the other shared its core with a helper
+        still hashing.  After a chunk, its writer makes the hard links to the first names
+        it wrote (every directory exists by then), where this process alone made all of
+        them at the end (8 ms for the 381 links of the bench image).  With privileges, a
+        writer also finishes the directories only its chunk wrote into (nothing else is
+        created in them afterwards; subdirectories' metadata does not touch their mtime),
+        instead of leaving all of them to one process at the end."""
+        chunks = _chunks(jobs, costs, workers)
         # chunks are handed out in order: when this process takes chunk i, all before it
         # are taken (and all but the other writer's last one are written)
         before = [0]
         for chunk in chunks:
             before.append(before[-1] + sum(sizes.get(id(job), 0) for job in chunk))
         owned, rest = _owned_dirs(chunks, dirs, links) if self.privileged else ([[] for _ in chunks], dirs)
+        chunk_of = [i for i, chunk in enumerate(chunks) for _ in chunk]  # by job index
+        links_of: list[list[Link]] = [[] for _ in chunks]
+        for link in links:
+            links_of[chunk_of[head_jobs[link[0]]]].append(link)
+        work = _Chunks(chunks, owned, links_of, before)
         feed_r, feed_w = os.pipe()
         try:
             os.write(feed_w, b"".join(_CHUNK_NO.pack(i) for i in range(len(chunks))))  # (a few bytes: never blocks)
@@ -348,10 +372,10 @@ class DirectoryWriter:
         children: list[tuple[int, int]] = []
         try:
             for _ in range(workers - 1):
-                children.append(fork_reporting(lambda: self._child(chunks, owned, feed_r, before)))
+                children.append(fork_reporting(lambda: self._child(work, feed_r)))
             error: Optional[BaseException] = None
             try:
-                self._take(chunks, owned, feed_r, self.fds, before)
+                self._take(work, feed_r, self.fds)
             except BaseException as exc:
                 error = exc
             while children:
@@ -376,23 +400,21 @@ class DirectoryWriter:
                 except OSError:
                     pass
 
-    def _take(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int, fds: DirFds,
-              before: list[int]) -> None:
+    def _take(self, work: "_Chunks", feed: int, fds: DirFds) -> None:
         """Write the chunks whose numbers this writer reads from ``feed`` (each read takes
-        one whole number: the pipe hands out what the writers share atomically);
-        ``before[i]``: bytes of contents in the chunks before chunk ``i``."""
+        one whole number: the pipe hands out what the writers share atomically)."""
         while True:
             data = os.read(feed, _CHUNK_NO.size)
             if not data:
                 return
             (i,) = _CHUNK_NO.unpack(data)
             if self.options.progress is not None:
-                self.options.progress("write-progress", {"bytes": before[i]})
-            self._worker(iter(chunks[i]), fds)
-            self._finish_dirs(owned[i], fds)
+                self.options.progress("write-progress", {"bytes": work.before[i]})
+            self._worker(iter(work.chunks[i]), fds)
+            self._links(work.links[i], fds)
+            self._finish_dirs(work.owned[i], fds)
 
-    def _child(self, chunks: list[list[Job]], owned: list[list[tuple[Parts, Node]]], feed: int,
-               before: list[int]) -> dict:  # pragma: no cover - a writer child
+    def _child(self, work: "_Chunks", feed: int) -> dict:  # pragma: no cover - a writer child
         collector = _CollectingEvents()
         self.options = replace(self.options, progress=None)  # the parent shows progress
         # whoever holds the run's Events (e.g. the id mapper's fallback hook) reports here
@@ -401,14 +423,15 @@ class DirectoryWriter:
         self.result = DirResult(path="")
         self._skipped = set()
         fds = DirFds(self.root_fd, capacity=64)
-        self._take(chunks, owned, feed, fds, before)
-        return {"files": self.result.files, "bytes": self.result.bytes, "warnings": self.events.items,
-                "skipped": sorted(self._skipped)}
+        self._take(work, feed, fds)
+        return {"files": self.result.files, "bytes": self.result.bytes, "links": self.result.links,
+                "warnings": self.events.items, "skipped": sorted(self._skipped)}
 
     def _absorb(self, report: dict) -> None:
         with self._count_lock:
             self.result.files += report["files"]
             self.result.bytes += report["bytes"]
+            self.result.links += report["links"]
         self._skipped.update(report["skipped"])
         for kind, message, path in report["warnings"]:
             self.events.warn(kind, message, path=path)
@@ -659,8 +682,8 @@ _REFUSED = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _BATCH = 256
-#: chunks per writer (see _run_jobs_forked): the last one taken bounds the imbalance
-_CHUNKS = 6
+#: the smallest chunk of jobs (see _chunks) is this fraction of all the writing
+_SMALLEST = 64
 _CHUNK_NO = struct.Struct("<I")
 
 
@@ -677,7 +700,18 @@ class _CollectingEvents:
         pass
 
 
-def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: list[tuple[int, Parts, Parts]]
+class _Chunks(NamedTuple):
+    """What the forked writers share out, by chunk number: the jobs, the directories
+    only that chunk writes into, the hard links to the first names it writes, and the
+    bytes of contents in the chunks before it (for progress)."""
+
+    chunks: list[list[Job]]
+    owned: list[list[tuple[Parts, Node]]]
+    links: list[list[Link]]
+    before: list[int]
+
+
+def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: list[Link]
                 ) -> tuple[list[list[tuple[Parts, Node]]], list[tuple[Parts, Node]]]:
     """For each share (a chunk of jobs), the directories (in creation order) that only it
     creates entries in; and the rest, for the parent after the hard links: directories two
@@ -699,18 +733,34 @@ def _owned_dirs(shares: list[list[Job]], dirs: list[tuple[Parts, Node]], links: 
     return owned, rest
 
 
-def _split(jobs: list[Job], costs: list[int], workers: int) -> list[list[Job]]:
-    """``workers`` contiguous runs of jobs of about equal cost.  Jobs come in tree order,
-    so writers working on different runs mostly create in different directories:
-    interleaving batches made both writers create in the same directory at once, where
-    they queue on its lock."""
+def _chunks(jobs: list[Job], costs: list[int], workers: int) -> list[list[Job]]:
+    """Contiguous runs of jobs, each costing about ``1 / (2 * workers)`` of what is left
+    when it starts, down to ``1 / _SMALLEST`` of the whole (guided self-scheduling): the
+    writers finish within about one small chunk of each other, whatever else shares
+    their cores.  Equal chunks (six per writer) left the last one taken, 1/12 of the
+    work, as the imbalance: 20-30 ms in one run out of two on the bench image, with one
+    writer waiting while a hashing helper slowed the other.
+
+    Runs rather than interleaved batches: jobs come in tree order, so writers working
+    on different runs mostly create in different directories (both creating in the same
+    directory at once queue on its lock)."""
     total = sum(costs)
-    shares: list[list[Job]] = [[] for _ in range(workers)]
-    done = 0
+    smallest = max(1, total // _SMALLEST)
+    chunks: list[list[Job]] = []
+    chunk: list[Job] = []
+    left, cost_so_far = total, 0
+    target = max(smallest, left // (2 * workers))
     for job, cost in zip(jobs, costs):
-        shares[min(workers - 1, done * workers // max(total, 1))].append(job)
-        done += cost
-    return shares
+        chunk.append(job)
+        cost_so_far += cost
+        if cost_so_far >= target:
+            chunks.append(chunk)
+            left -= cost_so_far
+            chunk, cost_so_far = [], 0
+            target = max(smallest, left // (2 * workers))
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 #: what creating one file costs, in bytes copied (measured on tmpfs: about 7 us, the time
