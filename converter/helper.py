@@ -17,7 +17,6 @@ import gc
 import json
 import operator
 import os
-import pickle
 import socket
 import stat
 import struct
@@ -166,7 +165,9 @@ class _Batches:
 
     def flush(self, offset: int) -> None:
         if self.batch:
-            self.send(b"R", offset, pickle.dumps(self.batch, protocol=pickle.HIGHEST_PROTOCOL))
+            from pickle import HIGHEST_PROTOCOL, dumps  # (in the helper: not before it starts)
+
+            self.send(b"R", offset, dumps(self.batch, protocol=HIGHEST_PROTOCOL))
             self.batch = []
             self.size = 0
             if self.counters is not None:

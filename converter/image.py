@@ -9,14 +9,17 @@ sinks and the merge never care where the bytes come from.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable, NamedTuple, Optional
 
 from .errors import UsageError
 
+# These types are named tuples and plain classes, not dataclasses: a plain conversion
+# builds them before its helpers start (converter.prestart), and importing dataclasses
+# (with inspect, ast, dis, tokenize) and generating the classes took 15 of the ~45 ms of
+# imports before the first layer reached a helper, with the second core idle.
 
-@dataclass(frozen=True)
-class Platform:
+
+class Platform(NamedTuple):
     """An OCI platform; ``variant`` and ``os_version`` are optional refinements."""
 
     os: str
@@ -80,8 +83,7 @@ _ARCH_ALIASES = {
 _DEFAULT_VARIANT = {"arm64": "v8"}
 
 
-@dataclass(frozen=True)
-class FileRegion:
+class FileRegion(NamedTuple):
     """Bytes that sit contiguously in an open regular file: lets readers ``pread`` and
     ``sendfile`` straight from the source instead of copying through Python buffers.
     The fd belongs to the source and stays open until :meth:`Image.close`."""
@@ -91,32 +93,42 @@ class FileRegion:
     size: int
 
 
-@dataclass
 class Blob:
     """A content-addressed blob as the source stores it (compressed or not).
 
     ``open`` returns a fresh binary stream positioned at the blob's first byte; ``region``
-    is set when the blob is a plain stretch of a regular file.
+    is set when the blob is a plain stretch of a regular file; ``where`` says where the
+    bytes are, for error messages: a path, an archive member, a URL.
     """
 
-    open: Callable[[], BinaryIO]
-    region: Optional[FileRegion] = None
-    #: where the bytes are, for error messages: a path, an archive member, a URL
-    where: str = ""
+    def __init__(self, open: Callable[[], BinaryIO], region: Optional[FileRegion] = None, where: str = "") -> None:
+        self.open = open
+        self.region = region
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"Blob(where={self.where!r}, region={self.region!r})"
 
 
-@dataclass
 class Layer:
-    """One layer descriptor, in apply order (``index`` 0 is the bottom layer)."""
+    """One layer descriptor, in apply order (``index`` 0 is the bottom layer): the stored
+    blob's descriptor digest, size and media type when the format has them, and its
+    ``diff_id`` (config ``rootfs.diff_ids[index]``: the digest of the uncompressed tar)."""
 
-    index: int
-    blob: Blob
-    digest: Optional[str] = None  # descriptor digest of the stored blob, when the format has one
-    size: Optional[int] = None  # descriptor size of the stored blob, when the format has one
-    media_type: Optional[str] = None
-    diff_id: Optional[str] = None  # config rootfs.diff_ids[index]: digest of the uncompressed tar
-    urls: tuple[str, ...] = ()
-    annotations: dict[str, str] = field(default_factory=dict)
+    def __init__(self, index: int, blob: Blob, digest: Optional[str] = None, size: Optional[int] = None,
+                 media_type: Optional[str] = None, diff_id: Optional[str] = None, urls: tuple[str, ...] = (),
+                 annotations: Optional[dict[str, str]] = None) -> None:
+        self.index = index
+        self.blob = blob
+        self.digest = digest
+        self.size = size
+        self.media_type = media_type
+        self.diff_id = diff_id
+        self.urls = urls
+        self.annotations: dict[str, str] = {} if annotations is None else annotations
+
+    def __repr__(self) -> str:
+        return f"Layer(index={self.index}, digest={self.digest!r}, size={self.size}, diff_id={self.diff_id!r})"
 
     @property
     def label(self) -> str:
@@ -126,21 +138,29 @@ class Layer:
         return f"layer {self.index + 1}{short}"
 
 
-@dataclass
 class Image:
-    """A resolved image.  ``layers`` are bottom to top, repeats included."""
+    """A resolved image.  ``layers`` are bottom to top, repeats included; ``format`` is
+    the layout the source recognised, e.g. "docker-archive", "oci", "oci-archive"."""
 
-    source: str
-    layers: list[Layer]
-    config: dict[str, Any]
-    manifest: dict[str, Any] = field(default_factory=dict)
-    manifest_digest: Optional[str] = None
-    config_digest: Optional[str] = None
-    reference: Optional[str] = None
-    platform: Optional[Platform] = None
-    #: the layout the source recognised, e.g. "docker-archive", "oci", "oci-archive"
-    format: str = ""
-    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    def __init__(self, source: str, layers: list[Layer], config: dict[str, Any],
+                 manifest: Optional[dict[str, Any]] = None, manifest_digest: Optional[str] = None,
+                 config_digest: Optional[str] = None, reference: Optional[str] = None,
+                 platform: Optional[Platform] = None, format: str = "",
+                 _closers: Optional[list[Callable[[], None]]] = None) -> None:
+        self.source = source
+        self.layers = layers
+        self.config = config
+        self.manifest: dict[str, Any] = {} if manifest is None else manifest
+        self.manifest_digest = manifest_digest
+        self.config_digest = config_digest
+        self.reference = reference
+        self.platform = platform
+        self.format = format
+        self._closers: list[Callable[[], None]] = [] if _closers is None else _closers
+
+    def __repr__(self) -> str:
+        return (f"Image(source={self.source!r}, format={self.format!r}, reference={self.reference!r}, "
+                f"layers={len(self.layers)}, manifest_digest={self.manifest_digest!r})")
 
     @property
     def diff_ids(self) -> list[Optional[str]]:

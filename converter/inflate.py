@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, NamedTuple, Optional, Protocol
 
 from . import compression
 from .digest import Expectation
@@ -34,10 +33,9 @@ from .forking import CAN_FORK, close_all_but, fork_frozen
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class InflateSpec:
+class InflateSpec(NamedTuple):
     """What a producer needs to know about one stored layer (plain data: it is sent to a
-    helper process as JSON)."""
+    helper process as JSON, see ``_asdict``)."""
 
     kind: str  # compression, sniffed by the caller
     what: str  # the layer's label, for messages

@@ -24,10 +24,8 @@ anything is committed: :meth:`LayerReading.finish` raises the producer's error,
 from __future__ import annotations
 
 
-import dataclasses
 import os
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, NamedTuple, Optional
 
 from . import compression
 from .errors import LimitError
@@ -40,8 +38,7 @@ from .workers import Job, RemoteTarReader, Workers
 GIB = 1 << 30
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Caps on the work one conversion may do (issue 4: bombs fail fast)."""
 
     max_entries: int = 10_000_000
@@ -109,7 +106,7 @@ class LayerReading:
             # run as jobs of their own: the balancer puts them beside the inflations,
             # which the merge waits for, instead of inside them
             if spec.digest or spec.size is not None:
-                spec = dataclasses.replace(spec, raw_checked_elsewhere=True)
+                spec = spec._replace(raw_checked_elsewhere=True)
                 self._check = workers.hash(region, [(layer.digest, layer.size, f"{what} blob")], what=what)
             stage_fd = staging.layer_dir() if staging is not None else -1
             if stage_fd >= 0:
@@ -119,7 +116,7 @@ class LayerReading:
                 self._remote = job
             else:
                 if spec.diff_id:
-                    spec = dataclasses.replace(spec, diff_checked_elsewhere=True)
+                    spec = spec._replace(diff_checked_elsewhere=True)
                 job = workers.inflate(region, spec, directory=spool_dir)
                 if spec.diff_id:
                     diff_id = spec.diff_id

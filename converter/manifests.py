@@ -6,7 +6,6 @@ counts) and lenient where real tools differ harmlessly (missing media types).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from .digest import parse_digest
@@ -30,15 +29,33 @@ CONTAINERD_NAME = "io.containerd.image.name"
 ATTESTATION_KEY = "vnd.docker.reference.type"
 
 
-@dataclass
 class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    platform: Optional[Platform]
-    annotations: dict[str, str]
-    urls: tuple[str, ...]
-    raw: dict[str, Any]
+    """An OCI descriptor as a manifest or index gives it (``raw``: the whole object)."""
+
+    def __init__(self, media_type: str, digest: str, size: int, platform: Optional[Platform],
+                 annotations: dict[str, str], urls: tuple[str, ...], raw: dict[str, Any]) -> None:
+        self.media_type = media_type
+        self.digest = digest
+        self.size = size
+        self.platform = platform
+        self.annotations = annotations
+        self.urls = urls
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Descriptor(media_type={self.media_type!r}, digest={self.digest!r}, size={self.size})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Descriptor) and self._fields() == other._fields()
+
+    def with_platform(self, platform: Optional[Platform]) -> "Descriptor":
+        """The same descriptor with ``platform`` (an index entry taking its nested index's)."""
+        return Descriptor(self.media_type, self.digest, self.size, platform, self.annotations, self.urls, self.raw)
+
+    def _fields(self) -> tuple:
+        return (self.media_type, self.digest, self.size, self.platform, self.annotations, self.urls, self.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # (mutable, as before)
 
     @property
     def is_attestation(self) -> bool:

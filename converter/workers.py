@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import select
 import signal
 import socket
@@ -198,7 +197,7 @@ class Workers:
         """Inflate ``region`` into a new anonymous file (only when :attr:`forks`)."""
         fd = anonymous_file(directory)
         request = {"op": "inflate", "what": spec.what, "offset": region.offset, "size": region.size,
-                   "spec": spec.__dict__}
+                   "spec": spec._asdict()}
         job = Job(self, request, [region.fd, fd], fd=fd)
         self._submit(job)
         return job
@@ -210,7 +209,7 @@ class Workers:
         :class:`RemoteTarReader`."""
         fd = anonymous_file(directory)
         request = {"op": "stage", "what": spec.what, "offset": region.offset, "size": region.size,
-                   "spec": spec.__dict__}
+                   "spec": spec._asdict()}
         job = Job(self, request, [region.fd, fd, stage_fd], fd=fd)
         self._submit(job)
         return job
@@ -312,7 +311,7 @@ class Workers:
                 del buf[:REC.size]
             job = h.jobs[0]
             if kind == b"R":  # a batch of parsed entries; raw: the offset reached
-                job.batches.append((pickle.loads(payload), out))
+                job.batches.append((_loads(payload), out))
                 job.queued += out
                 job.parse_offset = raw
             elif kind in b"FX":  # the parse ended, cleanly or with this error
@@ -465,6 +464,14 @@ class Workers:
                 self._finish(job, None)
         if self._hasher is not None:
             self._hasher.close()
+
+
+def _loads(payload: bytes) -> list[tuple]:
+    """A batch of entries a helper pickled (pickle is imported at the first one, after
+    the helpers have started: see converter.image)."""
+    from pickle import loads
+
+    return loads(payload)
 
 
 def _status_text(status: int) -> str:

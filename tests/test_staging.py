@@ -260,7 +260,7 @@ def _stage_layer(tmp_path: Path, compression: str) -> tuple[bytes, Path, int, Pa
     reader.start()
     spec = InflateSpec(kind=compression, what="layer 1", diff_id=built.diff_ids[0])
     try:
-        helper._run_stage({"offset": 0, "size": os.fstat(src).st_size, "spec": spec.__dict__},
+        helper._run_stage({"offset": 0, "size": os.fstat(src).st_size, "spec": spec._asdict()},
                           [src, out, stage_fd], [0, 0], theirs)
     finally:
         theirs.close()

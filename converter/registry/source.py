@@ -127,7 +127,7 @@ def expand_index(client: RegistryClient, index: FetchedManifest, *, depth: int =
                 nested.platform = entry.platform
             for child, chain in expand_index(client, nested, depth=depth + 1, fetched=fetched):
                 if child.platform is None and entry.platform is not None:
-                    child = dataclasses.replace(child, platform=entry.platform)
+                    child = child.with_platform(entry.platform)
                 out.append((child, [nested, *chain]))
         else:
             out.append((entry, []))

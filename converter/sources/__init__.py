@@ -9,8 +9,7 @@ Accepted specs (skopeo's transports, plus a bare path that is auto-detected)::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import InputError, NotFoundError, UsageError
 from ..image import Image, Platform
@@ -24,8 +23,7 @@ TRANSPORTS = ("docker-archive", "oci", "oci-archive", "docker")
 _OTHER_TRANSPORTS = frozenset({"containers-storage", "docker-daemon", "dir", "ostree", "sif", "tarball"})
 
 
-@dataclass(frozen=True)
-class SourceSpec:
+class SourceSpec(NamedTuple):
     transport: Optional[str]  # None: auto-detect a path
     path: str  # a path, "-", or for docker:// the reference
     ref: Optional[str]

@@ -12,8 +12,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, NamedTuple, Optional
 
 from .. import compression
 from ..errors import InputError, IntegrityError, LimitError, NotFoundError, OutputError
@@ -29,8 +28,7 @@ MAX_JSON = 4 << 20
 MAX_LINK_HOPS = 40
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     name: bytes  # normalised
     type: bytes
     offset: int

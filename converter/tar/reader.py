@@ -20,15 +20,12 @@ The contract the rest of the converter relies on:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
 import stat
 import zlib
-from dataclasses import dataclass
-from typing import Iterator, Protocol
-from urllib.parse import unquote_to_bytes
+from typing import Iterator, NamedTuple, Protocol
 
 from ..errors import InputError, IntegrityError, LimitError
 
@@ -179,8 +176,7 @@ class StreamSource:
 # Entries and limits
 
 
-@dataclass(frozen=True)
-class TarLimits:
+class TarLimits(NamedTuple):
     """Caps that keep a hostile header from turning into a huge allocation."""
 
     max_pax_size: int = 1 << 20  # one PAX extended header (x or g), and all pending ones together
@@ -1050,6 +1046,10 @@ class TarReader:
                     xattrs[skey[13:]] = value
             for key, value in merged.items():
                 if key.startswith(b"LIBARCHIVE.xattr."):
+                    # (rare: imported here, not at every start; see converter.image)
+                    import base64
+                    from urllib.parse import unquote_to_bytes
+
                     try:
                         xname = unquote_to_bytes(key[17:]).decode("utf-8", "surrogateescape")
                         xvalue = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)

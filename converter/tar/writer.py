@@ -15,10 +15,8 @@ programming errors and raise :class:`ValueError`.
 
 from __future__ import annotations
 
-import base64
 import zlib
 from typing import Mapping
-from urllib.parse import quote_from_bytes
 
 __all__ = ["END_OF_ARCHIVE", "build_header", "padding"]
 
@@ -127,7 +125,10 @@ def build_header(
             raw = xname.encode("utf-8", "surrogateescape")
             if not raw or 0 in raw:
                 raise ValueError(f"invalid xattr name {xname!r}")
-            if b"=" in raw:
+            if b"=" in raw:  # (rare: imported here, not at every start)
+                import base64
+                from urllib.parse import quote_from_bytes
+
                 records[b"LIBARCHIVE.xattr." + quote_from_bytes(raw, safe="").encode()] = base64.b64encode(value)
             else:
                 records[b"SCHILY.xattr." + raw] = bytes(value)
