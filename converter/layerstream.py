@@ -161,15 +161,16 @@ class LayerReading:
         self._kept = True
         return self._ahead
 
+    def declared_limit(self, limits: Limits) -> float:
+        """The tar offset no entry's data may end past (:meth:`check_declared`); the merge
+        compares each entry with it and calls that only past it."""
+        if limits.max_ratio and self.compression != compression.NONE and self.compressed_size:
+            return max(limits.ratio_floor, limits.max_ratio * self.compressed_size)
+        return float("inf")
+
     def check_declared(self, end_offset: int, limits: Limits) -> None:
         """Bomb check from headers alone: a 20 GiB entry in a 1 MB layer fails at once."""
-        if (
-            limits.max_ratio
-            and self.compression != compression.NONE
-            and self.compressed_size
-            and end_offset > limits.ratio_floor
-            and end_offset > limits.max_ratio * self.compressed_size
-        ):
+        if end_offset > self.declared_limit(limits):
             raise LimitError(
                 f"{self.label}: entries declare {end_offset} bytes from a {self.compressed_size}-byte blob "
                 f"(more than {limits.max_ratio}x: likely a decompression bomb; see --max-ratio)"

@@ -34,7 +34,7 @@ from .image import Image, Layer
 from .layerstream import LayerReading, Limits
 from .opening import Opening
 from .paths import Parts, join, show, split_name
-from .staging import stages
+from .staging import STAGE_MIN, stages
 from .tar.reader import TarEntry
 
 WH = b".wh."
@@ -63,6 +63,8 @@ DIR, REG, LNK, CHR, BLK, FIFO = "d", "f", "l", "c", "b", "p"
 _TYPES = {b"0": REG, b"5": DIR, b"2": LNK, b"3": CHR, b"4": BLK, b"6": FIFO}
 #: typeflags that carry nothing for a root filesystem; skipped without a warning
 _SILENT_SKIP = {b"V"}
+#: a limit that is not set
+_NO_LIMIT = float("inf")
 
 
 class Node:
@@ -269,21 +271,26 @@ class Merger:
         apply = self._apply
         in_fd, in_offset = in_place.fd, in_place.offset
         stage_fd = reading.stage_fd
+        # per entry, only comparisons with what is worked out here (35k entries: ~15 ms)
+        declared = reading.declared_limit(limits) if inflated else _NO_LIMIT
+        max_size = _NO_LIMIT if limits.max_size is None else limits.max_size
+        staged_from = STAGE_MIN if stage_fd >= 0 else _NO_LIMIT
         count = 0
         for entry in reader:
             count += 1
             if count > budget:
                 raise LimitError(f"{layer.label}: more than {limits.max_entries} entries in the image (see --max-entries)")
-            if entry.size and inflated:
-                if limits.max_ratio:
-                    reading.check_declared(entry.data_offset + entry.size, limits)
-                self._inflated += entry.size
-                if limits.max_size is not None and self._inflated > limits.max_size:
+            size = entry.size
+            if size and inflated:
+                if entry.data_offset + size > declared:
+                    reading.check_declared(entry.data_offset + size, limits)
+                self._inflated += size
+                if self._inflated > max_size:
                     # contents of compressed layers are inflated to disk: bound that too
                     raise LimitError(f"{self._what(entry)}: the image's contents pass --max-size {limits.max_size} bytes")
             node = apply(entry, deferred)
-            if node is not None and entry.size:
-                if stage_fd >= 0 and stages(entry):
+            if node is not None and size:
+                if size >= staged_from and stages(entry):
                     node.fd = stage_fd  # a file of its own (see converter.staging)
                     node.offset = -1 - entry.data_offset
                 else:
