@@ -192,6 +192,9 @@ def test_a_sparse_file_that_would_fill_a_tar_is_refused_but_written_as_holes(tmp
     r = rootfs("convert", str(src), "--flatten", "-", "-q")
     assert r.returncode == 7 and b"'big': a sparse file of 429496729600 bytes from 512 stored" in r.stderr, r.stderr
     assert r.stdout == b""
+    r = rootfs("convert", str(src), "--flatten", str(tmp_path / "flat.tar"), "-q")
+    assert r.returncode == 7 and b"'big': a sparse file of 429496729600 bytes" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["img.tar"]  # (no tar, nothing partial beside it)
     r = rootfs("convert", str(src), "-o", str(tmp_path / "out"), "-q")
     assert r.returncode == 0, r.stderr
     st = os.stat(tmp_path / "out" / "big")

@@ -28,6 +28,9 @@ from ..staging import expands_too_far
 from ..tar.writer import END_OF_ARCHIVE, build_header, padding, plain_header
 from .atomic import claim, commit, discard, stream_destination
 
+#: the plan's entries, sorted (see Plan.sorted_entries)
+Entries = list[tuple[bytes, Node]]
+
 _NS = 1_000_000_000
 _TYPEFLAG = {REG: b"0", DIR: b"5", LNK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
 
@@ -349,10 +352,19 @@ def _open_out(fd: int, kind: str, level: Optional[int], what: str, placed: Optio
     return _PipedOut(fd, kind, level, what, placed) if CAN_FORK else _Out(fd, kind, level)
 
 
-def _finish(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions, *, verify_first: bool) -> int:
-    """Emit every entry and the end of archive; a failure stops the assembler."""
+def _finish(plan: Plan, entries: Optional[Entries], out: Union[_Out, _PipedOut], options: TarOptions, *,
+            verify_first: bool) -> int:
+    """Emit every entry and the end of archive; a failure stops the assembler.
+
+    The entries are sorted here, once the assembler is forked, unless the caller had to
+    before: objects made before the fork are shared with it, and the pages this process
+    then writes to (reference counts, as it goes through them) are copied; the sparse
+    check goes through them before anything is written."""
     try:
-        count = emit(plan, out, options)
+        if entries is None:
+            entries = plan.sorted_entries()
+        _check_sparse_expansion(entries, options.max_ratio)
+        count = emit(plan, entries, out, options)
         if verify_first:
             plan.verify()
         out.write(END_OF_ARCHIVE)
@@ -364,8 +376,9 @@ def _finish(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions, *, ver
     return count
 
 
-def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
-    """Write every entry (root first); return the entry count.  No end-of-archive."""
+def emit(plan: Plan, entries: Entries, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
+    """Write every entry (root first, then ``entries``: the plan's, sorted); return the
+    entry count.  No end-of-archive."""
     ids = options.ids
     clamp = options.clamp_mtime
     heads: dict[int, bytes] = {}
@@ -392,9 +405,9 @@ def emit(plan: Plan, out: Union[_Out, _PipedOut], options: TarOptions) -> int:
     progress = options.progress
     written = 0
     if progress is not None:
-        total, entries = _contents(plan)
-        progress("write-start", {"bytes": total, "entries": entries})
-    for path, node in plan.sorted_entries():
+        total, n = _contents(entries)
+        progress("write-start", {"bytes": total, "entries": n})
+    for path, node in entries:
         if identity:
             uid, gid = node.uid, node.gid
         else:
@@ -455,25 +468,24 @@ def _mapped_acls(xattrs: dict[str, bytes], ids: IdMapper, path: bytes) -> dict[s
     return {key: acls.map_ids(value, ids, where=where) if key in acls.XATTRS else value for key, value in xattrs.items()}
 
 
-def _contents(plan: Plan) -> tuple[int, int]:
+def _contents(entries: Entries) -> tuple[int, int]:
     """Bytes of file contents (an inode with several names once) and entries."""
     seen: set[int] = set()
-    total = entries = 0
-    for _, node in plan.walk():
-        entries += 1
+    total = 0
+    for _, node in entries:
         if node.kind == REG and id(node) not in seen:
             seen.add(id(node))
             total += node.size
-    return total, entries
+    return total, len(entries)
 
 
-def _check_sparse_expansion(plan: Plan, max_ratio: int) -> None:
+def _check_sparse_expansion(entries: Entries, max_ratio: int) -> None:
     """Refuse, before writing anything, a sparse file whose holes would fill the tar: a
     512-byte entry declaring 400 GiB kept `--flatten -` writing zeros for hours."""
     if not max_ratio:
         return
-    for path, node in plan.walk():
-        if node.kind == REG and expands_too_far(node, max_ratio):
+    for path, node in entries:
+        if node.sparse is not None and node.kind == REG and expands_too_far(node, max_ratio):
             raise LimitError(f"{show(path)}: a sparse file of {node.size} bytes from {node.stored_size} stored: written out "
                              f"in a tar, more than {max_ratio}x (see --max-ratio)")
 
@@ -505,9 +517,10 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
     """Write the flattened tar to ``dest`` (atomically) or ``-`` (stdout)."""
     options = options or TarOptions()
     kind = options.compression or (compression_for(dest) if dest != "-" else "none")
-    _check_sparse_expansion(plan, options.max_ratio)
+    entries: Optional[Entries] = None  # (sorted once, after the assembler has started: see _finish)
     if options.max_size is not None:
-        need, _ = _contents(plan)
+        entries = plan.sorted_entries()
+        need, _ = _contents(entries)
         if need > options.max_size:
             raise LimitError(f"{dest}: the image's contents are {need} bytes, more than --max-size {options.max_size}")
     if dest == "-":
@@ -515,7 +528,7 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
         sys.stdout.flush()
         out = _open_out(fd, kind, options.level, "standard output")
         # on a mismatch the consumer sees a tar without its end blocks
-        count = _finish(plan, out, options, verify_first=True)
+        count = _finish(plan, entries, out, options, verify_first=True)
         return TarResult("-", count, out.count, kind)
     stream = stream_destination(dest, what="--flatten")
     if stream is not None:  # /dev/null, a named pipe, /dev/stdout...: written into, never replaced
@@ -524,7 +537,7 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
                 raise UsageError(f"--flatten {dest}: is a terminal; redirect or pipe the tar")
             sys.stdout.flush()
             out = _open_out(stream, kind, options.level, dest)
-            count = _finish(plan, out, options, verify_first=True)
+            count = _finish(plan, entries, out, options, verify_first=True)
         except BrokenPipeError:
             raise  # (the reader went away: as with -, a quiet exit 141 in the CLI)
         except OSError as exc:
@@ -548,7 +561,7 @@ def write_tar(plan: Plan, dest: str, options: Optional[TarOptions] = None) -> Ta
             if kind == "none":
                 placed = os.open(partial, os.O_WRONLY | os.O_CLOEXEC)
             out = _open_out(fd, kind, options.level, dest, placed if placed >= 0 else None)
-            count = _finish(plan, out, options, verify_first=False)
+            count = _finish(plan, entries, out, options, verify_first=False)
         finally:
             os.close(fd)
             if placed >= 0:
