@@ -19,6 +19,18 @@ from .errors import UsageError
 # imports before the first layer reached a helper, with the second core idle.
 
 
+class ByValue:
+    """Equal when of the same class with equal attributes, as the dataclasses these
+    classes were; mutable, so unhashable."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Platform(NamedTuple):
     """An OCI platform; ``variant`` and ``os_version`` are optional refinements."""
 
@@ -93,7 +105,7 @@ class FileRegion(NamedTuple):
     size: int
 
 
-class Blob:
+class Blob(ByValue):
     """A content-addressed blob as the source stores it (compressed or not).
 
     ``open`` returns a fresh binary stream positioned at the blob's first byte; ``region``
@@ -110,7 +122,7 @@ class Blob:
         return f"Blob(where={self.where!r}, region={self.region!r})"
 
 
-class Layer:
+class Layer(ByValue):
     """One layer descriptor, in apply order (``index`` 0 is the bottom layer): the stored
     blob's descriptor digest, size and media type when the format has them, and its
     ``diff_id`` (config ``rootfs.diff_ids[index]``: the digest of the uncompressed tar)."""
@@ -138,7 +150,7 @@ class Layer:
         return f"layer {self.index + 1}{short}"
 
 
-class Image:
+class Image(ByValue):
     """A resolved image.  ``layers`` are bottom to top, repeats included; ``format`` is
     the layout the source recognised, e.g. "docker-archive", "oci", "oci-archive"."""
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from .digest import parse_digest
 from .errors import ChoiceNeeded, InputError, NotFoundError, UsageError
-from .image import Platform
+from .image import ByValue, Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -29,7 +29,7 @@ CONTAINERD_NAME = "io.containerd.image.name"
 ATTESTATION_KEY = "vnd.docker.reference.type"
 
 
-class Descriptor:
+class Descriptor(ByValue):
     """An OCI descriptor as a manifest or index gives it (``raw``: the whole object)."""
 
     def __init__(self, media_type: str, digest: str, size: int, platform: Optional[Platform],
@@ -45,17 +45,9 @@ class Descriptor:
     def __repr__(self) -> str:
         return f"Descriptor(media_type={self.media_type!r}, digest={self.digest!r}, size={self.size})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Descriptor) and self._fields() == other._fields()
-
     def with_platform(self, platform: Optional[Platform]) -> "Descriptor":
         """The same descriptor with ``platform`` (an index entry taking its nested index's)."""
         return Descriptor(self.media_type, self.digest, self.size, platform, self.annotations, self.urls, self.raw)
-
-    def _fields(self) -> tuple:
-        return (self.media_type, self.digest, self.size, self.platform, self.annotations, self.urls, self.raw)
-
-    __hash__ = None  # type: ignore[assignment]  # (mutable, as before)
 
     @property
     def is_attestation(self) -> bool:

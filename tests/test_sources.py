@@ -860,3 +860,20 @@ def test_in_place_probe_sees_spooling(tmp_path: Path, monkeypatch: pytest.Monkey
     probe = _TempProbe(monkeypatch)
     assert convert_listing(source, tmp_path, "tar") == EXPECTED
     assert probe.calls
+
+
+def test_the_public_image_types_compare_by_value() -> None:
+    """Image, Layer and Platform are exported (converter.__all__): they compare by value
+    (mutable ones are unhashable), as the dataclasses they were did."""
+    from converter import Image, Layer, Platform
+    from converter.image import Blob, FileRegion
+
+    blob = Blob(open=lambda: None, region=FileRegion(3, 0, 10), where="x")  # type: ignore[arg-type,return-value]
+    assert Layer(0, blob, digest="sha256:a") == Layer(0, blob, digest="sha256:a") != Layer(1, blob, digest="sha256:a")
+    image = Image("src", [Layer(0, blob)], {"a": 1}, platform=Platform("linux", "amd64"))
+    assert image == Image("src", [Layer(0, blob)], {"a": 1}, platform=Platform("linux", "amd64"))
+    assert image != Image("src", [], {"a": 1})
+    assert {Platform("linux", "arm64", "v8"): 1}[Platform.parse("linux/arm64/v8")] == 1
+    assert str(Platform("linux", "arm", "v7")) == "linux/arm/v7"
+    with pytest.raises(TypeError):
+        hash(image)
