@@ -290,17 +290,21 @@ def test_a_forked_writer_that_reported_is_left_to_reap_and_one_that_failed_is_wa
     assert not ending_process and pid not in child_processes()
 
 
-def _inflated_files(pid: int, where: Path) -> set[str]:
-    """The unnamed temporary files (inflated layers) process ``pid`` holds in ``where``."""
-    found = set()
+def _fd_targets(pid: int) -> list[str]:
+    """What process ``pid``'s descriptors name now (one it closes while they are read is
+    left out)."""
+    found = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{where}/#") or "rootfs-layer" in target:
-            found.add(target)
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
     return found
+
+
+def _inflated_files(pid: int, where: Path) -> set[str]:
+    """The unnamed temporary files (inflated layers) process ``pid`` holds in ``where``."""
+    return {t for t in _fd_targets(pid) if t.startswith(f"{where}/#") or "rootfs-layer" in t}
 
 
 def test_small_inflated_files_are_freed_here_and_every_helper_is_reaped_as_the_process_ends(
@@ -348,7 +352,7 @@ def test_an_interrupt_while_the_helpers_are_reaped_does_not_undo_a_finished_run(
         "from converter import forking\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
-        "    time.sleep(1.0)\n"
+        "    time.sleep(2.0)\n"
         "    os._exit(0)\n"
         "forking.leave_to_reap(pid)\n"
         "print(pid, flush=True)\n"
@@ -357,10 +361,21 @@ def test_an_interrupt_while_the_helpers_are_reaped_does_not_undo_a_finished_run(
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not _blocks(proc.pid, signal.SIGTERM):  # (end_process has begun its wait)
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.005)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         os.kill(proc.pid, sig)
     assert proc.wait(timeout=60) == 3
     assert not live_group_members(proc.pid, zombies=True), f"{child} left behind"
+
+
+def _blocks(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` blocks ``sig`` now (its SigBlk mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    return bool(mask & (1 << (sig - 1)))
 
 
 def test_the_helper_left_freeing_big_files_holds_nothing_else(tmp_path: Path, ending_process: list[int]) -> None:
@@ -384,8 +399,8 @@ def test_the_helper_left_freeing_big_files_holds_nothing_else(tmp_path: Path, en
         holder = pool._helpers[0].pid
         assert pool.leave([held])
         deadline = time.monotonic() + 60
-        while True:  # (until it has taken the files in)
-            targets = sorted(os.readlink(f"/proc/{holder}/fd/{fd}") for fd in os.listdir(f"/proc/{holder}/fd"))
+        while True:  # (until it has taken the files in; it closes the others meanwhile)
+            targets = sorted(_fd_targets(holder))
             if any(t.startswith(f"{tmp_path}/#") for t in targets) and len(targets) == 2:
                 break
             assert time.monotonic() < deadline, targets
