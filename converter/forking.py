@@ -237,7 +237,6 @@ def collect_report(pid: int, r: int, *, failed: str) -> dict[str, Any]:
     its result is left to exit on its own and reaped at the end (:func:`reap_left`):
     it has nothing left to do but exit."""
     chunks = []
-    status = -1
     try:
         while True:
             chunk = os.read(r, 1 << 16)

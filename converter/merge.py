@@ -25,8 +25,8 @@ import gc
 import threading
 from collections import deque
 from contextlib import contextmanager
-from operator import itemgetter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Callable, Iterator, Optional
 
 from . import acls

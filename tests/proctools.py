@@ -22,6 +22,18 @@ def child_processes(*, zombies: bool = True) -> set[int]:
     return kids
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What process ``pid``'s descriptors name now (one it closes while they are read, or
+    that cannot be read, is left out; a process that is gone raises OSError)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
 def live_group_members(pgid: int, *, zombies: bool = False) -> list[int]:
     """Processes of the group that are not zombies (an orphaned zombie waits for PID 1 to
     reap it, which a minimal container init may never do: it is not running); with

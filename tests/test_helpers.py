@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
-from proctools import child_processes, live_group_members
+from proctools import child_processes, fd_targets, live_group_members
 from converter.errors import ConverterError, IntegrityError, OutputError
 from converter.listing import list_directory
 from converter.sinks import directory as directory_sink
@@ -290,21 +290,9 @@ def test_a_forked_writer_that_reported_is_left_to_reap_and_one_that_failed_is_wa
     assert not ending_process and pid not in child_processes()
 
 
-def _fd_targets(pid: int) -> list[str]:
-    """What process ``pid``'s descriptors name now (one it closes while they are read is
-    left out)."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except FileNotFoundError:
-            pass
-    return found
-
-
 def _inflated_files(pid: int, where: Path) -> set[str]:
     """The unnamed temporary files (inflated layers) process ``pid`` holds in ``where``."""
-    return {t for t in _fd_targets(pid) if t.startswith(f"{where}/#") or "rootfs-layer" in t}
+    return {t for t in fd_targets(pid) if t.startswith(f"{where}/#") or "rootfs-layer" in t}
 
 
 def test_small_inflated_files_are_freed_here_and_every_helper_is_reaped_as_the_process_ends(
@@ -400,7 +388,7 @@ def test_the_helper_left_freeing_big_files_holds_nothing_else(tmp_path: Path, en
         assert pool.leave([held])
         deadline = time.monotonic() + 60
         while True:  # (until it has taken the files in; it closes the others meanwhile)
-            targets = sorted(_fd_targets(holder))
+            targets = sorted(fd_targets(holder))
             if any(t.startswith(f"{tmp_path}/#") for t in targets) and len(targets) == 2:
                 break
             assert time.monotonic() < deadline, targets

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from converter import convert, workers
-from proctools import child_processes, live_group_members
+from proctools import child_processes, fd_targets, live_group_members
 from converter.errors import Interrupted
 from converter.testing.imagegen import File, ImageSpec, Layer, Symlink, write_docker_archive
 
@@ -102,15 +102,9 @@ def _partials(arena: Arena) -> list[str]:
 
 def _image_open(pid: int, image: Path) -> bool:
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(image):
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
+        return str(image) in fd_targets(pid)
+    except OSError:  # (the process is gone)
+        return False
 
 
 def _written(arena: Arena, sink: str) -> int:
