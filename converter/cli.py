@@ -125,8 +125,11 @@ def _stdout_like(dest: str) -> bool:
 def _version(value: bool) -> None:
     if value:
         from .compression import GZIP_BACKEND
+        from .libzstd import version as libzstd_version
 
-        print(f"rootfs {__version__} (gzip: {GZIP_BACKEND}, python {sys.version.split()[0]})")
+        native = libzstd_version()
+        zstd = f"libzstd {native}" if native else "zstandard"
+        print(f"rootfs {__version__} (gzip: {GZIP_BACKEND}, zstd: {zstd}, python {sys.version.split()[0]})")
         raise typer.Exit()
 
 

@@ -287,11 +287,13 @@ class ZstdReader:
     demand: ``read(n)`` returns new bytes, ``readinto(b)`` decompresses straight into the
     caller's buffer (no piece allocated or copied).  A stream cut between or inside frames
     is an error (:class:`ZstdFrames`), and so is anything after the last frame that is not
-    a whole frame."""
+    a whole frame.
 
-    def __init__(self, raw_read: Callable[[int], bytes], *, what: str) -> None:
-        import zstandard
+    ``checksums=False`` (for a stream whose inflated bytes a sha256 checks: the diff_id)
+    decodes with the system libzstd without the frames' XXH64 checksums when it can (see
+    :mod:`converter.libzstd`); python-zstandard, which always checks them, otherwise."""
 
+    def __init__(self, raw_read: Callable[[int], bytes], *, what: str, checksums: bool = True) -> None:
         self.what = what
         self._frames = frames = ZstdFrames(what)
 
@@ -302,10 +304,23 @@ class ZstdReader:
                 return chunk
 
         self._raw = _Raw()
+        self._ended = False
+        #: whether the frames' XXH64 checksums are checked (False only with libzstd)
+        self.frame_checksums = True
+        if not checksums:
+            from . import libzstd
+
+            native = libzstd.decoder(self._raw.read, max_window=MAX_DECODER_MEMORY, read_size=PIECE)
+            if native is not None:
+                self.frame_checksums = False
+                self._reader: Any = native
+                self._codec_error: type[BaseException] = libzstd.ZstdLibError
+                return
+        import zstandard
+
         self._reader = zstandard.ZstdDecompressor(max_window_size=MAX_DECODER_MEMORY).stream_reader(
             self._raw, read_size=PIECE, read_across_frames=True)
         self._codec_error = zstandard.ZstdError
-        self._ended = False
 
     def read(self, n: int) -> bytes:
         return self._call(self._reader.read, n)
@@ -345,8 +360,9 @@ def _too_much_memory(what: str, kind: str) -> LimitError:
                       f"decode (a window or dictionary larger than any real image uses)")
 
 
-def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) -> Iterator[bytes]:
-    """The decompressed bytes of a stored stream, in pieces of at most PIECE bytes."""
+def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str, checksums: bool = True) -> Iterator[bytes]:
+    """The decompressed bytes of a stored stream, in pieces of at most PIECE bytes
+    (``checksums``: see :class:`ZstdReader`)."""
     if kind == NONE:
         while True:
             chunk = raw_read(PIECE)
@@ -354,7 +370,7 @@ def inflate_pieces(kind: str, raw_read: Callable[[int], bytes], *, what: str) ->
                 return
             yield chunk
     elif kind == ZSTD:
-        reader = ZstdReader(raw_read, what=what)
+        reader = ZstdReader(raw_read, what=what, checksums=checksums)
         while True:
             out = reader.read(PIECE)
             if not out:

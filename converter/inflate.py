@@ -82,7 +82,8 @@ def inflated_pieces(
     kept current for progress."""
     checks = _Checks(spec, raw_read, counters, restart)
     try:
-        for piece in compression.inflate_pieces(spec.kind, checks.read_raw, what=spec.what):
+        for piece in compression.inflate_pieces(spec.kind, checks.read_raw, what=spec.what,
+                                                checksums=not spec.diff_id):
             checks.produced(piece)
             yield piece
         checks.done()
@@ -99,7 +100,9 @@ class InflatedStream:
     def __init__(self, spec: InflateSpec, raw_read: Callable[[int], bytes], counters: list[int],
                  restart: Optional[Callable[[], Callable[[int], bytes]]] = None) -> None:
         self._checks = checks = _Checks(spec, raw_read, counters, restart)
-        self._zstd = compression.ZstdReader(checks.read_raw, what=spec.what) if spec.kind == compression.ZSTD else None
+        # (a diff_id to check makes the frames' own checksums redundant: see converter.libzstd)
+        self._zstd = compression.ZstdReader(checks.read_raw, what=spec.what, checksums=not spec.diff_id) \
+            if spec.kind == compression.ZSTD else None
         self._pieces = None if self._zstd is not None else compression.inflate_pieces(
             spec.kind, checks.read_raw, what=spec.what)
         self._cur = memoryview(b"")

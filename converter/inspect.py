@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
-from .errors import ChoiceNeeded
+from .errors import ChoiceNeeded, InputError
 from .image import Image, Platform
 from .layerstream import LayerReading, Limits, sniff_layer
 from .workers import Workers
@@ -141,8 +141,12 @@ def describe(image: Image, *, count_entries: bool = False) -> ImageInfo:
                 )
                 if count_entries:
                     reader = TarReader(reading.source, name=layer.label)
-                    n = sum(1 for _ in reader)
-                    reader.finish()
+                    try:
+                        n = sum(1 for _ in reader)
+                        reader.finish()
+                    except InputError as exc:
+                        reading.blame(exc)  # (a corrupt blob is the error to report)
+                        raise
                     reading.finish()
                     reading.wait_verified()
                     li.entries = n

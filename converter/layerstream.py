@@ -28,7 +28,7 @@ import os
 from typing import Any, BinaryIO, NamedTuple, Optional
 
 from . import compression
-from .errors import LimitError
+from .errors import ConverterError, InputError, IntegrityError, LimitError
 from .image import FileRegion, Layer
 from .inflate import FollowSource, InflateAhead, InflateSpec, Inflation
 from .staging import Staging
@@ -62,6 +62,7 @@ class LayerReading:
     ) -> None:
         self.layer = layer
         self.label = layer.label
+        self._verify = verify
         self.region: Optional[FileRegion] = None  # set when entry data can be read in place
         self.compression = compression.NONE
         self._check: Any = None  # the background hash of an in-place layer
@@ -181,6 +182,33 @@ class LayerReading:
         byte (or failed); its error, if any, is raised here."""
         if self._ahead is not None:
             self._ahead.wait_done()
+
+    def blame(self, exc: InputError) -> None:
+        """A layer that will not parse, or holds an entry the merge refuses, may simply be
+        corrupt: when its blob does not match its digest, that is the error to report
+        (raised from ``exc``); else this returns and the caller raises ``exc``.
+
+        Why here: nothing else may have looked yet.  Where the diff_id checks the content
+        the zstd frame checksums are skipped (see :mod:`converter.libzstd`), and a gzip
+        member's CRC or an uncompressed blob's digest is only known at its end, so
+        garbage reaches the tar parser before any check has run.  The blob is hashed in
+        this process, on this error path only: the helpers may be busy with, or blocked
+        on, later layers."""
+        if isinstance(exc, IntegrityError) or not self._verify or not self.layer.digest:
+            return
+        region = self.layer.blob.region
+        try:
+            if region is not None:
+                from .digest import Expectation
+                from .hashing import hash_region
+
+                hash_region(region, [Expectation(self.layer.digest, self.layer.size, what=f"{self.label} blob")])
+            elif isinstance(self._ahead, InflateAhead):
+                self._ahead.wait_done()  # (a stream: its producer checks the digest at the end)
+        except IntegrityError as integrity:
+            raise integrity from exc
+        except (ConverterError, OSError):
+            pass
 
     def wait_verified(self) -> None:
         """For in-place layers: block until the background hash is done, raise on mismatch."""

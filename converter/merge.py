@@ -843,6 +843,9 @@ def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptio
                                                  "compression": reading.compression, "size": reading.compressed_size})
             try:
                 merger.apply_layer(layer, reading, st)
+            except InputError as exc:
+                reading.blame(exc)  # (a corrupt blob is the error to report)
+                raise
             finally:
                 reading.close()
             if options.progress:

@@ -29,11 +29,11 @@ def test_every_command_has_help_with_examples(command: str) -> None:
     assert "rootfs " + command in r.stdout
 
 
-def test_version_names_the_gzip_backend() -> None:
+def test_version_names_the_gzip_and_zstd_backends() -> None:
     r = rootfs("--version")
     assert r.returncode == 0
     assert r.stdout.startswith("rootfs ")
-    assert "gzip:" in r.stdout
+    assert "gzip:" in r.stdout and "zstd:" in r.stdout
 
 
 def test_error_is_one_line_with_documented_exit_code(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ stderr starting with ``rootfs: error:``, no traceback unless ``--debug``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -147,6 +148,28 @@ def _(where: Path) -> Broken:
     """An uncompressed blob, read in place: the background hash catches the flip."""
     built = write_oci_layout(where, spec("none"))
     flip(blob_path(where, built.layer_digests[1]), 600)
+    return Broken(str(where), ("layer 2", short(built.layer_digests[1]), "digest"))
+
+
+@case("digest-uncompressed-header-byte", IntegrityError)
+def _(where: Path) -> Broken:
+    """A flip in a header of an uncompressed blob: the tar parser meets it before the
+    background hash ends, and the blob's digest is what the message names."""
+    built = write_oci_layout(where, spec("none"))
+    flip(blob_path(where, built.layer_digests[1]), 3)
+    return Broken(str(where), ("layer 2", short(built.layer_digests[1]), "digest"))
+
+
+@case("digest-big-zstd-frame-garbage", IntegrityError)
+def _(where: Path) -> Broken:
+    """One 6 MB zstd frame: a flip early in it reaches the tar parser as garbage long
+    before the frame ends (and, with a diff_id to check, its checksum is not even read):
+    still reported as the blob failing its digest."""
+    big = Layer([File(f"usr/lib/f{i:04d}", hashlib.sha256(b"%d" % i).digest() * (40 + i % 80)) for i in range(2000)],
+                compression="zstd")
+    built = write_oci_layout(where, ImageSpec([layers("zstd")[0], big]))
+    path = blob_path(where, built.layer_digests[1])
+    flip(path, path.stat().st_size // 3)
     return Broken(str(where), ("layer 2", short(built.layer_digests[1]), "digest"))
 
 
@@ -937,3 +960,15 @@ def test_cli_stdin_garbage_and_empty(tmp_path: Path) -> None:
 def test_every_error_class_has_a_documented_exit_code() -> None:
     for cls in (ConverterError, UsageError, InputError, NotFoundError, IntegrityError, UnsafeEntryError):
         assert cls.exit_code in EXIT_CODES
+
+
+def test_inspect_entries_names_a_corrupt_blob_not_the_garbage_it_parsed(tmp_path: Path) -> None:
+    """``rootfs inspect --entries`` parses every layer too: a flip in a header of an
+    uncompressed blob is reported as the blob failing its digest, as convert reports it."""
+    from converter import inspect
+
+    built = write_oci_layout(tmp_path / "layout", spec("none"))
+    flip(blob_path(tmp_path / "layout", built.layer_digests[1]), 3)
+    with pytest.raises(IntegrityError, match="layer 2.*digest") as caught:
+        inspect(f"oci:{tmp_path / 'layout'}", count_entries=True)
+    assert "header" in str(caught.value.__cause__)
