@@ -8,16 +8,15 @@ never with ``NO_COLOR``.
 
 from __future__ import annotations
 
-import gc
 import os
-import signal
 import sys
-from typing import Any, Callable, List, NoReturn, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from . import __version__
-from .forking import INTERRUPTS
+from .command import ConvertArgs, human, Progress, registry_options, state, run_convert, run_process
+from .command import run_guarded as _run_guarded
 
 app = typer.Typer(
     name="rootfs",
@@ -29,8 +28,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state: dict[str, Any] = {"debug": False, "quiet": False, "verbose": 0}
-
 # registry options, shared by every command that can read docker://REF
 CREDS = typer.Option(None, "--creds", envvar="ROOTFS_CREDS", metavar="USER:PASS", help="Registry USER:PASS (default: docker/podman auth files).")
 AUTHFILE = typer.Option(None, "--authfile", envvar="REGISTRY_AUTH_FILE", metavar="FILE", help="Registry auth file (docker config.json format).")
@@ -41,69 +38,9 @@ KEEP_DIRLINKS = typer.Option(False, "--keep-dirlinks", help="A directory entry o
                              "and goes to its target (umoci's keep-dirlinks; default: replace it, as Docker does).")
 
 
-def _registry_options(creds: Optional[str], authfile: Optional[str], insecure: bool, cert_dir: Optional[str],
-                      ca_file: Optional[str], progress: Optional[Callable] = None) -> Any:
-    from .registry import RegistryOptions
-
-    def hook(event: str, **info: Any) -> None:
-        assert progress is not None
-        progress(event, info)
-
-    return RegistryOptions(creds=creds, auth_file=authfile, insecure=insecure, cert_dir=cert_dir, ca_file=ca_file,
-                           progress=hook if progress is not None else None)
-
-
-def _stderr_console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
-
-
-def fail(exc: BaseException) -> NoReturn:
-    """Print one line for a known error (or a traceback with --debug) and exit."""
-    from .errors import ConverterError, Interrupted
-
-    if _state["debug"]:
-        import traceback
-
-        traceback.print_exception(exc, file=sys.stderr)
-    if isinstance(exc, KeyboardInterrupt):
-        exc = Interrupted()
-    if isinstance(exc, ConverterError):
-        print(f"rootfs: error: {exc.message}", file=sys.stderr)
-        raise SystemExit(exc.exit_code)
-    print(f"rootfs: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
-    raise SystemExit(70)
-
-
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body: SIGTERM and SIGHUP (a closed terminal or ssh session) behave like
-    Ctrl-C so cleanup code runs.  Once a result
-    has been put in place, both are ignored: the run finishes its cleanup and reports the
-    result (an interrupt then could only leave temporary files behind and claim,
-    wrongly, that the destination was left as it was)."""
-    from .sinks import atomic
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if not atomic.COMMITTED:
-            raise KeyboardInterrupt
-
-    atomic.COMMITTED = False
-    previous = {signum: signal.signal(signum, on_signal) for signum in INTERRUPTS}
-    try:
-        return fn()
-    except (SystemExit, typer.Exit):
-        raise
-    except BrokenPipeError:
-        # the reader went away (`rootfs ls x | head`): stop quietly, as a pipe-killed tool would
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise SystemExit(141)
-    except BaseException as exc:  # noqa: BLE001 - everything becomes one line + exit code
-        fail(exc)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    """:func:`converter.command.run_guarded`, letting typer's own exits through."""
+    return _run_guarded(fn, passthrough=(typer.Exit,))
 
 
 def _from_environment(ctx: typer.Context, name: str) -> bool:
@@ -114,12 +51,6 @@ def _from_environment(ctx: typer.Context, name: str) -> bool:
 
 def _broken_pipe() -> None:
     raise BrokenPipeError  # (run_guarded makes it a quiet exit 141, as for ls)
-
-
-def _stdout_like(dest: str) -> bool:
-    from .sinks.atomic import own_fd
-
-    return dest == "-" or own_fd(dest) == 1
 
 
 def _version(value: bool) -> None:
@@ -138,23 +69,6 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """rootfs converter."""
-
-
-def _size(text: Optional[str]) -> Optional[int]:
-    if text is None:
-        return None
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().rstrip("b").rstrip("i")
-    mult = 1
-    if t and t[-1] in units:
-        mult = units[t[-1]]
-        t = t[:-1]
-    try:
-        return int(float(t) * mult)
-    except (ValueError, OverflowError):  # ("inf", "nan", 1e400)
-        from .errors import UsageError
-
-        raise UsageError(f"bad size {text!r}: use bytes or a suffix K, M, G, T") from None
 
 
 @app.command(
@@ -217,247 +131,18 @@ def convert(
     """Convert an image to a directory (-o), one flattened tar (--flatten) or an OCI runtime bundle (--bundle)."""
     if quiet and verbose and _from_environment(ctx, "quiet"):
         quiet = False  # (an explicit -v wins over a ROOTFS_QUIET=1 set for every run)
-    _state.update(debug=debug, quiet=quiet, verbose=verbose)
-
-    def body() -> None:
-        from .api import convert as do_convert
-        from .errors import UsageError
-        from .merge import Events
-
-        if sum(x is not None for x in (output, flatten, bundle)) != 1:
-            raise UsageError("give exactly one of -o DIR, --flatten FILE or --bundle DIR")
-        if quiet and verbose:
-            raise UsageError("-q (only errors) and -v (every decision) contradict each other: give one")
-        bundle_args = None
-        if cmd is not None:
-            import shlex
-
-            try:
-                bundle_args = shlex.split(cmd)
-            except ValueError as exc:
-                raise UsageError(f"--cmd {cmd!r}: {exc}") from None
-        if devices not in ("skip", "empty"):
-            raise UsageError(f"--devices {devices!r}: use skip or empty")
-        if keep_ids not in ("none", "xattr"):
-            raise UsageError(f"--keep-ids {keep_ids!r}: use none or xattr")
-        events = Events()
-        if verbose:
-            events.verbose = lambda what, detail: print(f"  {what}: {detail}", file=sys.stderr)
-        if report and flatten and _stdout_like(report) and _stdout_like(flatten):
-            raise UsageError("--report and --flatten cannot both use standard output")
-        # (as gzip and zstd do: binary data is never meant for a terminal)
-        if flatten == "-" and sys.stdout.isatty():
-            raise UsageError("--flatten -: standard output is a terminal; redirect or pipe the tar")
-        if source == "-" and sys.stdin.isatty():
-            raise UsageError("source -: standard input is a terminal; redirect or pipe the image into it")
-        report_file = None
-        if report:
-            from .report import ReportFile
-
-            report_file = ReportFile(report, force=force)  # (a path that cannot take it fails here, before any work)
-        progress = _Progress(enabled=not quiet)
-        try:
-            result = do_convert(
-                source, output if output is not None else (flatten if flatten is not None else bundle),  # type: ignore[arg-type]
-                flatten=flatten is not None, ref=ref, platform=platform, force=force, verify=not no_verify,
-                uid_map=uid_map, gid_map=gid_map, unmapped_id=unmapped_id, owner=owner, subuid=subuid,
-                reproducible=reproducible, max_entries=max_entries, max_ratio=max_ratio,
-                max_size=_size(max_size), devices=devices, events=events,
-                progress=progress.event if progress.enabled else None,  # (nothing to count for when hidden)
-                layers=layers, skip_layers=skip_layer, only_layer=only_layer, keep_ids=keep_ids,
-                paths=path, with_deps=with_deps, bundle=bundle is not None, bundle_args=bundle_args, bundle_user=user, keep_dirlinks=keep_dirlinks, keep_tree=_KEPT if _state.get("exits") else None,
-                # only a registry source needs these (importing ssl costs ~10 MB of memory)
-                registry_options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event)
-                if source.startswith("docker://") else None,
-            )
-        except BaseException as exc:
-            progress.stop()
-            if report_file is not None:
-                from .errors import ConverterError
-                from .report import error_report
-
-                try:
-                    report_file.write(error_report(exc, spec=source, events=events))
-                except ConverterError as report_error:  # (the conversion's error is the one to tell)
-                    print(f"rootfs: warning: {report_error}", file=sys.stderr)
-            raise
-        progress.stop()
-        if report_file is not None:
-            from .report import success_report
-
-            report_file.write(success_report(result, spec=source))
-        if not quiet:
-            _print_warnings(result.events, verbose)
-            _summary(result)
-
-    run_guarded(body)
-
-
-class _Progress:
-    """Per-layer progress on a terminal; silent when stderr is not one."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._progress = None
-        self._narrow = False
-        self._tasks: dict[int, Any] = {}
-
-    def event(self, kind: str, info: dict) -> None:
-        if not self.enabled:
-            return
-        if self._progress is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
-
-            console = _stderr_console()
-            # binary units, as the summary's; on a narrow terminal (80 columns) fewer
-            # columns rather than every number cut to "1.1/1…"
-            self._narrow = console.width < 110
-            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}"),
-                                  BarColumn(bar_width=16 if self._narrow else 40), DownloadColumn(binary_units=True)]
-            if not self._narrow:
-                columns += [TransferSpeedColumn(), TextColumn("{task.fields[entries]}"), TimeElapsedColumn()]
-            else:
-                columns += [TextColumn("{task.fields[entries]}")]
-            columns.append(TimeRemainingColumn())
-            self._progress = Progress(*columns, console=console, transient=True)
-            self._progress.start()
-        p = self._progress
-        layer = info.get("layer", 0)
-        if kind == "layer-start":
-            label = info["label"].split(" (", 1)[0] if self._narrow else info["label"]  # (no digest when narrow)
-            self._tasks[layer] = p.add_task(f"{label} [{info['compression']}]", total=info.get("size"),
-                                            entries="0 entries")
-        elif kind == "layer-entries" and layer in self._tasks:
-            p.update(self._tasks[layer], entries=_plural(info["entries"], "entry"), completed=info.get("bytes_in", 0))
-        elif kind == "layer-done" and layer in self._tasks:
-            task = self._tasks[layer]
-            p.update(task, entries=_plural(info["entries"], "entry"), completed=p.tasks[task].total or p.tasks[task].completed)
-        elif kind == "write-start":
-            self._tasks["write"] = p.add_task("writing", total=info["bytes"], entries=_plural(info["entries"], "entry"))
-        elif kind in ("write-progress", "write-done") and "write" in self._tasks:
-            p.update(self._tasks["write"], completed=info["bytes"])
-        elif kind in ("blob-start", "blob-exists"):
-            digest = info.get("digest", "?")
-            size = info.get("size")
-            task = p.add_task(f"download {digest[:19]}", total=size, entries="")
-            self._tasks[digest] = task
-            if kind == "blob-exists":
-                p.update(task, completed=size or 0, entries="already present")
-        elif kind == "blob-bytes" and info.get("digest") in self._tasks:
-            p.advance(self._tasks[info["digest"]], info.get("n", 0))
-        elif kind == "blob-done" and info.get("digest") in self._tasks:
-            task = self._tasks[info["digest"]]
-            p.update(task, completed=p.tasks[task].total or p.tasks[task].completed)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
-
-
-def _tar_size_words(output: str) -> str:
-    """What the tar's byte count is: the tar itself, and what a compressed file holds."""
-    from .sinks.tar import compression_for
-
-    kind = compression_for(output) if output != "-" else "none"
-    if kind == "none" or not os.path.isfile(output):
-        return "of tar"
-    return f"of tar, {_human(os.path.getsize(output))} {kind}-compressed"
-
-
-def _summary(result: Any) -> None:
-    what = {"dir": "directory", "tar": "tar", "bundle": "runtime bundle"}[result.kind]
-    ref = f" {result.reference}" if result.reference else ""
-    lines = [
-        f"converted{ref} ({result.source_format}, {result.platform + ', ' if result.platform else ''}"
-        f"{_plural(len(result.layers_applied), 'layer')}) to {what} {result.output}",
-        f"  {_plural(result.entries, 'entry')}, {_human(result.bytes)} "
-        + (_tar_size_words(result.output) if result.kind == "tar" else "of file contents")
-        + ("" if result.verified else "; digests NOT checked (--no-verify)"),
-    ]
-    if result.warnings:
-        lines.append("  warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warnings.items())))
-    print("\n".join(lines), file=sys.stderr)
-
-
-#: kinds the final summary's count says all about (one line for all devices, not one each)
-_SUMMARY_ONLY = {"device-skipped", "device-emptied"}
-
-
-def _print_warnings(events: Any, verbose: int) -> None:
-    """Every warning with -v; otherwise one line per kind with its first example."""
-    if events is None or not events.warnings:
-        return
-    if verbose:
-        for w in events.warnings:
-            print(f"rootfs: warning: {w.message}", file=sys.stderr)
-        return
-    first: dict[str, Any] = {}
-    for w in events.warnings:
-        if w.kind not in _SUMMARY_ONLY:
-            first.setdefault(w.kind, w)
-    for kind, w in first.items():
-        n = events.counts.get(kind, 1)
-        more = f" (and {n - 1} more like it)" if n > 1 else ""
-        print(f"rootfs: warning: {w.message}{more}", file=sys.stderr)
-
-
-#: merged views kept until the process exits (see main: never freed node by node; only
-#: when main runs, which ends the process: in-process callers free theirs)
-_KEPT: list[object] = []
+    state.update(debug=debug, quiet=quiet, verbose=verbose)
+    run_guarded(lambda: run_convert(ConvertArgs(
+        source, output, flatten, ref, platform, force, no_verify, tuple(uid_map), tuple(gid_map), unmapped_id, subuid,
+        owner, reproducible, max_entries, max_ratio, max_size, layers, tuple(skip_layer), only_layer, devices,
+        tuple(path), with_deps, bundle, cmd, user, report, creds, authfile, insecure, cert_dir, ca_file, keep_ids,
+        keep_dirlinks, quiet, verbose, debug)))
 
 
 def main() -> None:
-    """Entry point.  The interpreter's own teardown (freeing every node of a large plan)
-    is skipped once the command has finished and flushed its output."""
-    # A short-lived process that frees its objects by reference counting: the cyclic
-    # collector only re-walked the imported modules and the merged view (about 10 ms of
-    # start-up, more per 10k entries)
-    gc.disable()
-    from . import forking
-    from .forking import keep_freed_memory
-    from .entry import interrupted
-    from .prestart import discard
-
-    keep_freed_memory()
-    _state["exits"] = True
-    forking.PROCESS_ENDS = True
-    try:
-        try:
-            code = _run_app()
-            raise SystemExit(code or 0)
-        finally:
-            discard(leaving=True)  # what a head start opened and nothing closed (see converter.prestart)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-    except KeyboardInterrupt:  # (outside a command's own handling: while parsing, say)
-        code = interrupted()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # (None: the fd was closed when the program started)
-                stream.flush()
-        except BrokenPipeError:
-            code = code or 141
-        except OSError:  # (a full device: what could not be written has been reported, or cannot be)
-            code = code or 8
-    forking.end_process(code)
+    """Entry point: the typer app, as the whole process (see
+    :func:`converter.command.run_process`)."""
+    run_process(_run_app)
 
 
 def _run_app() -> Any:
@@ -524,7 +209,7 @@ def ls_command(
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """List the merged view of an image without writing anything."""
-    _state.update(debug=debug)
+    state.update(debug=debug)
 
     def body() -> None:
         import json
@@ -618,7 +303,7 @@ def inspect_command(
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Show an image's reference, digests, platform, config and layers."""
-    _state.update(debug=debug)
+    state.update(debug=debug)
 
     def body() -> None:
         import json
@@ -669,9 +354,9 @@ def inspect_command(
         for col in ("#", "digest", "size", "compression") + (("uncompressed", "entries") if entries else ()) + ("created by",):
             table.add_column(col, overflow="fold")
         for layer in info.layers:
-            row = [str(layer.index), (layer.digest or layer.diff_id or "-")[:19], _human(layer.size or 0), layer.compression]
+            row = [str(layer.index), (layer.digest or layer.diff_id or "-")[:19], human(layer.size or 0), layer.compression]
             if entries:
-                row += [_human(layer.uncompressed_size or 0), str(layer.entries)]
+                row += [human(layer.uncompressed_size or 0), str(layer.entries)]
             made = layer.created_by or ""
             row.append(made[:79] + "…" if len(made) > 80 and sys.stdout.isatty() else made)
             table.add_row(*row)
@@ -717,7 +402,7 @@ def diff_command(
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Show what differs between two images' merged views (like diff -r, without extracting)."""
-    _state.update(debug=debug)
+    state.update(debug=debug)
 
     def body() -> int:
         import json
@@ -780,25 +465,25 @@ def pull_command(
     debug: bool = typer.Option(False, "--debug", envvar="ROOTFS_DEBUG", help="Tracebacks on errors."),
 ) -> None:
     """Copy an image from a registry into an OCI layout or a docker save archive, for offline use."""
-    _state.update(debug=debug, quiet=quiet)
+    state.update(debug=debug, quiet=quiet)
 
     def body() -> None:
         from .image import Platform
         from .registry import pull
 
-        progress = _Progress(enabled=not quiet)
+        progress = Progress(enabled=not quiet)
         try:
             result = pull(
                 ref.removeprefix("docker://"), to, platform=Platform.parse(platform) if platform else None,
                 all_platforms=all_platforms, force=force,
-                options=_registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
+                options=registry_options(creds, authfile, insecure, cert_dir, ca_file, progress.event),
             )
         finally:
             progress.stop()
         if not quiet:
             print(
                 f"pulled {result.reference} ({result.manifest_digest[:19]}…) to {result.destination}: "
-                f"{result.blobs_fetched} blobs fetched ({_human(result.bytes_fetched)}), {result.blobs_skipped} already present",
+                f"{result.blobs_fetched} blobs fetched ({human(result.bytes_fetched)}), {result.blobs_skipped} already present",
                 file=sys.stderr,
             )
 

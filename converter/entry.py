@@ -1,5 +1,6 @@
 """The ``rootfs`` command's entry point: gives a plain conversion its head start
-(:mod:`converter.prestart`) before the command-line module, typer with it, is imported."""
+(:mod:`converter.prestart`) and runs it without the command-line parser
+(:func:`converter.command.run_plain`); anything else goes to the typer app."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ def main() -> None:
     from . import prestart
 
     try:
-        prestart.start(sys.argv[1:])
+        args = sys.argv[1:]
+        prestart.start(args)
+        plain = prestart.plain_convert(args)
+        if plain is not None:
+            from .command import OPTION_ENVIRONMENT, run_plain
+
+            if not any(os.environ.get(name) for name in OPTION_ENVIRONMENT):
+                run_plain(plain)  # (never returns: it ends the process, as the app does)
         from .cli import main as run
 
         run()  # (never returns: it ends the process, after closing what a head start opened)

@@ -72,6 +72,10 @@ class Plain(NamedTuple):
     output: str
     verify: bool = True
     flatten: bool = False
+    quiet: bool = False
+    verbose: int = 0
+    debug: bool = False
+    report: Optional[str] = None
 
 
 def plain_convert(args: list[str]) -> Optional[Plain]:
@@ -83,11 +87,16 @@ def plain_convert(args: list[str]) -> Optional[Plain]:
     source = None
     outputs: dict[str, str] = {}  # option -> value (the last one, as the parser takes)
     verify = True
+    quiet = debug = False
+    verbose = 0
     rest = iter(args[1:])
     for arg in rest:
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if not eq and (arg in _FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"})):
             verify = verify and arg != "--no-verify"
+            quiet = quiet or arg in ("-q", "--quiet")
+            debug = debug or arg == "--debug"
+            verbose += 1 if arg == "--verbose" else len(arg) - 1 if arg.startswith("-v") else 0
         elif name in _VALUED:
             if not eq:
                 value = next(rest, "")
@@ -98,11 +107,11 @@ def plain_convert(args: list[str]) -> Optional[Plain]:
             return None
         else:
             source = arg
-    outputs.pop("report", None)
+    report = outputs.pop("report", None)
     if source is None or len(outputs) != 1:
         return None
     (kind, output), = outputs.items()
-    return Plain(source, output, verify, kind == "flatten")
+    return Plain(source, output, verify, kind == "flatten", quiet, verbose, debug, report)
 
 
 def start(args: list[str]) -> None:

@@ -103,7 +103,7 @@ def test_max_size_bounds_the_flattened_tar_headers_included(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
     r = rootfs("convert", str(SAMPLE), "--flatten", str(tmp_path / "out.tar"), "--max-size", "40K", "-q")
     assert r.returncode == 0 and (tmp_path / "out.tar").stat().st_size <= 40 << 10
-    from converter.cli import _plural
+    from converter.command import plural as _plural
 
     assert [_plural(n, "entry") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
     assert _plural(1, "layer") == "1 layer" and _plural(3, "layer") == "3 layers"

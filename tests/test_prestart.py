@@ -63,13 +63,16 @@ def _siblings(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["convert", "img", "-o", "out"], ("img", "out", True, False)),
-    (["convert", "-o", "out", "img", "-q"], ("img", "out", True, False)),
-    (["convert", "img", "--output=out", "-vv", "--debug", "--report", "r.json"], ("img", "out", True, False)),
-    (["convert", "img", "--output", "out", "--no-verify", "--report=-"], ("img", "out", False, False)),
-    (["convert", "img", "-o", "a", "-o", "b"], ("img", "b", True, False)),  # (the last one, as the parser takes)
-    (["convert", "img", "--flatten", "out.tar.zst"], ("img", "out.tar.zst", True, True)),
-    (["convert", "--flatten=-", "img"], ("img", "-", True, True)),  # (start() then declines: no file)
+    # (source, output, verify, flatten, quiet, verbose, debug, report)
+    (["convert", "img", "-o", "out"], ("img", "out", True, False, False, 0, False, None)),
+    (["convert", "-o", "out", "img", "-q"], ("img", "out", True, False, True, 0, False, None)),
+    (["convert", "img", "--output=out", "-vv", "--debug", "--report", "r.json"],
+     ("img", "out", True, False, False, 2, True, "r.json")),
+    (["convert", "img", "-v", "--verbose", "--quiet", "-o", "out"], ("img", "out", True, False, True, 2, False, None)),
+    (["convert", "img", "--output", "out", "--no-verify", "--report=-"], ("img", "out", False, False, False, 0, False, "-")),
+    (["convert", "img", "-o", "a", "-o", "b"], ("img", "b", True, False, False, 0, False, None)),  # (the last one, as the parser takes)
+    (["convert", "img", "--flatten", "out.tar.zst"], ("img", "out.tar.zst", True, True, False, 0, False, None)),
+    (["convert", "--flatten=-", "img"], ("img", "-", True, True, False, 0, False, None)),  # (start() then declines: no file)
     (["convert", "img", "-o", "out", "--flatten", "out.tar"], None),  # (a usage error)
     (["convert", "img", "-o", "out", "--layers", "2"], None),
     (["convert", "img", "-o", "out", "--platform", "linux/arm64"], None),
@@ -85,7 +88,7 @@ def _siblings(out: Path) -> list[str]:
     (["ls", "img"], None),
     ([], None),
 ])
-def test_only_options_that_leave_the_opening_alone_get_a_head_start(args: list[str], expected: object) -> None:
+def test_only_options_that_leave_the_opening_alone_make_a_plain_conversion(args: list[str], expected: object) -> None:
     assert prestart.plain_convert(args) == expected
 
 

@@ -51,10 +51,10 @@ def test_writing_reports_contents_written_up_to_the_total(tmp_path: Path, monkey
 
 
 def test_the_terminal_shows_a_writing_bar(monkeypatch: pytest.MonkeyPatch) -> None:
-    from converter import cli
+    from converter import command
 
-    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True)
-    shown = cli._Progress(enabled=True)
+    monkeypatch.setattr(command.sys.stderr, "isatty", lambda: True)
+    shown = command.Progress(enabled=True)
     try:
         shown.event("write-start", {"bytes": 1000, "entries": 3})
         shown.event("write-progress", {"bytes": 400})
