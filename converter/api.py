@@ -255,7 +255,7 @@ def convert(
                 )
             except BaseException:
                 if opening is not None:
-                    opening.close()  # (a plan that took it has closed it)
+                    opening.close(failed=True)  # (a plan that took it has closed it)
                 raise
             dir_options = DirectoryOptions(force=force, ids=mapper, privileged=privileged, devices=devices,
                                            max_size=max_size, keep_ids=keep_ids, progress=progress)
@@ -290,8 +290,10 @@ def convert(
                 else:
                     dres = write_directory(plan, out, dir_options)
                     entries, nbytes, kind = dres.entries, dres.bytes, "dir"
-            finally:
-                plan.close()
+            except BaseException:
+                plan.close(failed=True)
+                raise
+            plan.close()
         return ConvertResult(
             output=out, kind=kind, entries=entries, bytes=nbytes,
             layers_applied=[layer.index for layer in chosen],

@@ -10,7 +10,7 @@ import sys
 
 
 def main() -> None:
-    gc.disable()  # (first: see converter.cli.main)
+    gc.disable()  # (first: see converter.command.run_process)
     import signal
 
     # An ignored SIGCHLD, inherited from whoever started us, would have the kernel reap

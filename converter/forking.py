@@ -26,7 +26,7 @@ CAN_FORK = hasattr(os, "fork") and os.environ.get("ROOTFS_WRITERS") != "threads"
 #: command cleans up and exits 130; forked helpers and writers leave them to it
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-#: set by the command's entry point (:func:`converter.cli.main`), whose process ends as
+#: set by the command's entry point (:func:`converter.command.run_process`), whose process ends as
 #: soon as the command has: idle helpers are then told to exit and reaped as it ends,
 #: instead of being stopped and waited for at once (see
 #: :meth:`converter.workers.Workers.leave`).  Never set for a library caller.

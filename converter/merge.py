@@ -206,7 +206,8 @@ class Plan:
         for reading in self.readings:
             reading.wait_verified()
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
+        """Free what the plan holds (``failed``: the run failed, see :meth:`Opening.close`)."""
         while self._closers:
             try:
                 self._closers.pop()()
@@ -214,7 +215,7 @@ class Plan:
                 pass
         opening, self._opening = self._opening, None
         if opening is not None:
-            opening.close()
+            opening.close(failed=failed)
 
 
 @dataclass
@@ -851,7 +852,7 @@ def _build_plan(image: Image, layers: Optional[list[Layer]], options: MergeOptio
             if options.progress:
                 options.progress("layer-done", {"layer": layer.index, "entries": st.entries})
     except BaseException:
-        plan.close()  # (the opening with it, readings first)
+        plan.close(failed=True)  # (the opening with it, readings first)
         raise
     plan.readings = opening.readings
     return plan

@@ -75,12 +75,15 @@ class Opening:
             pool.release()
         return self.readings[position]
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         """Close the readings, stop the helpers, close the inflated files and remove the
-        staging directory."""
+        staging directory.  Idle helpers of a process that ends right after are left to
+        exit on their own (see :meth:`~converter.workers.Workers.leave`), except after a
+        ``failed`` run: those are stopped and reaped here, whether or not their last
+        job happened to be answered before the error arrived."""
         for reading in self.readings:
             reading.close()
-        if forking.PROCESS_ENDS and self.pool.idle():
+        if forking.PROCESS_ENDS and not failed and self.pool.idle():
             # (the helpers are idle: nothing more is written into the staging directory)
             fds = self._let_go()
             hold = [fd for fd in fds if fd >= 0] if worth_detaching(fds) else []
