@@ -17,6 +17,12 @@ def main() -> None:
     # our helpers and writers itself, and waiting for them would fail
     if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Started with its error stream closed (2>&-), Python has no sys.stderr: messages
+    # would then go to stdout (print's fallback), into a tar written there, and the
+    # progress display's isatty() failed as an internal error.  They are dropped; the
+    # exit code still tells.
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
     from . import prestart
 
     try:

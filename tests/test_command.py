@@ -106,3 +106,24 @@ def test_every_option_of_the_typer_command_has_the_same_default_and_variable_her
         assert (tuple(value) if isinstance(value, list) else value) == default, name
     envvars = {e for p in params.values() for e in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
     assert envvars == set(command.OPTION_ENVIRONMENT)
+
+
+@pytest.mark.parametrize("typer", [False, True], ids=["plain", "typer"])
+def test_a_closed_error_stream_drops_the_messages_and_keeps_the_exit_code(tmp_path: Path, typer: bool) -> None:
+    """``2>&-``: Python starts with no sys.stderr, and print's fallback is stdout, where
+    a tar may be going.  Messages are dropped instead (the progress display's isatty()
+    used to fail as an internal error, exit 70); the exit code still tells."""
+    src = _image(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in command.OPTION_ENVIRONMENT}
+    env.update(THROUGH_TYPER if typer else {})
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "converter", *args], stdout=subprocess.PIPE, env=env,
+                              preexec_fn=lambda: os.close(2), timeout=300)
+
+    ok = run("convert", src, "--flatten", "-", "-v")
+    assert ok.returncode == 0 and ok.stdout[257:263] == b"ustar\0"
+    assert hashlib.sha256(ok.stdout).hexdigest() == hashlib.sha256(
+        run("convert", src, "--flatten", "-").stdout).hexdigest()  # (nothing but the tar)
+    bad = run("convert", str(tmp_path / "missing.tar"), "-o", str(tmp_path / "out"))
+    assert bad.returncode == 4 and bad.stdout == b"" and not (tmp_path / "out").exists()
