@@ -120,7 +120,7 @@ class Decoder:
         try:
             out, src = self._out, self._in
             out.ptr, out.size, out.pos = ctypes.addressof(target), len(b), 0
-            decompress, lib, dctx = self._lib.ZSTD_decompressStream, self._lib, self._dctx
+            decompress, check, dctx = self._lib.ZSTD_decompressStream, self._check, self._dctx
             out_ref, in_ref = ctypes.byref(out), ctypes.byref(src)
             while out.pos < out.size:
                 if src.pos >= src.size and not self._eof:
@@ -133,9 +133,7 @@ class Decoder:
                         self._eof = True
                         self._chunk, src.ptr, src.size, src.pos = b"", None, 0, 0
                 before = out.pos
-                code = decompress(dctx, out_ref, in_ref)
-                if lib.ZSTD_isError(code):
-                    raise ZstdLibError(lib.ZSTD_getErrorName(code).decode("ascii", "replace"))
+                check(decompress(dctx, out_ref, in_ref))
                 if self._eof and out.pos == before:
                     break  # nothing more to flush: the end (a cut frame is ZstdFrames' to report)
             return out.pos

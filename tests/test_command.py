@@ -30,11 +30,11 @@ def _image(tmp_path: Path) -> str:
     return f"oci:{tmp_path / 'layout'}"
 
 
-def _run(args: list[str], cwd: Path, *, typer: bool, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, *, typer: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in command.OPTION_ENVIRONMENT}
     env.update(NO_COLOR="1", COLUMNS="120", **(THROUGH_TYPER if typer else {}))
     return subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, cwd=cwd, env=env,
-                          input=stdin, timeout=300)
+                          timeout=300)
 
 
 def _outcome(tmp_path: Path, args: list[str], typer: bool) -> tuple:
